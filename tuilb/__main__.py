@@ -1,0 +1,3 @@
+from tuilb.cli import entry
+
+entry()

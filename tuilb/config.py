@@ -1,0 +1,360 @@
+"""Configuration: TOML text -> frozen dataclasses, with every problem reported at once.
+
+Nothing here opens a socket or resolves a name. `load(path)` and `parse(text, source)`
+either return a `Config` or raise `ConfigError` listing each problem with its key path
+and, where the text shows it, its line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuilb.balance import ALGORITHMS
+from tuilb.errors import ConfigError, Problem
+from tuilb.tomlpos import Path as KeyPath
+from tuilb.tomlpos import key_lines, line_of
+
+PROTOCOLS = ("tcp",)
+LATER_PROTOCOLS = ("http", "udp")  # in the schema, not yet served
+PUMPS = ("default", "splice")
+MAX_WEIGHT = 256
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_literal(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    address: Address
+    weight: int = 1
+    max_connections: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    algorithm: str
+    backends: tuple[BackendConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    bind: Address
+    pool: str
+    protocol: str = "tcp"
+    pump: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    idle: float = 3600.0
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listeners: tuple[ListenerConfig, ...]
+    pools: dict[str, PoolConfig]
+    timeouts: Timeouts
+    source: str = "<config>"
+
+    def summary(self) -> str:
+        n_backends = sum(len(p.backends) for p in self.pools.values())
+        return (
+            f"{self.source}: OK: {len(self.listeners)} listener(s), "
+            f"{len(self.pools)} pool(s), {n_backends} backend(s)"
+        )
+
+
+def parse_address(text: str, allow_zero: bool = False) -> Address:
+    """`host:port` or `[v6]:port` -> Address; ValueError with a readable reason.
+
+    `allow_zero` lets a bind address use port 0: the kernel picks a free port (tests).
+    """
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("IPv6 addresses are written [addr]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port")
+        if ":" in host:
+            raise ValueError("write IPv6 addresses in brackets, e.g. [::1]:8080")
+    if not host:
+        raise ValueError("the host part is empty (use 0.0.0.0 or [::] for all addresses)")
+    if not port.isdigit():
+        raise ValueError(f"port {port!r} is not a number")
+    number = int(port)
+    if not (0 if allow_zero else 1) <= number <= 65535:
+        raise ValueError(f"port {number} is out of range {0 if allow_zero else 1}..65535")
+    if text.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    return Address(host, number)
+
+
+def load(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [Problem("", f"cannot read file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), [Problem("", "the file is not UTF-8 text")]) from None
+    return parse(text, str(path))
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [Problem("", f"not valid TOML: {exc}")]) from None
+    checker = _Checker(key_lines(text))
+    config = checker.config(data, source)
+    if checker.problems or config is None:
+        raise ConfigError(source, checker.problems)
+    return config
+
+
+def _where(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _type_name(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+class _Checker:
+    """Walks the parsed TOML, collecting problems instead of stopping at the first."""
+
+    def __init__(self, lines: dict[KeyPath, int]) -> None:
+        self.lines = lines
+        self.problems: list[Problem] = []
+
+    def problem(self, path: KeyPath, message: str) -> None:
+        self.problems.append(Problem(_where(path), message, line_of(self.lines, path)))
+
+    def table(self, value: object, path: KeyPath, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a table, got {_type_name(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                self.problem((*path, key), f"unknown key {key!r}; allowed: {', '.join(allowed)}")
+        return value
+
+    def get(
+        self,
+        table: dict[str, Any],
+        key: str,
+        path: KeyPath,
+        kind: type | tuple[type, ...],
+        default: Any = None,
+        required: bool = False,
+    ) -> Any:
+        if key not in table:
+            if required:
+                self.problem(path, f"missing required key {key!r}")
+            return default
+        value = table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            want = " or ".join(_type_name(k()) for k in kinds)
+            self.problem((*path, key), f"expected {want}, got {_type_name(value)}")
+            return default
+        return value
+
+    def name(self, value: str | None, path: KeyPath) -> str | None:
+        if value is not None and not _NAME.match(value):
+            self.problem(path, f"name {value!r} may use only letters, digits, '_', '-' and '.'")
+            return None
+        return value
+
+    def address(self, value: str | None, path: KeyPath, bind: bool = False) -> Address | None:
+        if value is None:
+            return None
+        try:
+            return parse_address(value, allow_zero=bind)
+        except ValueError as exc:
+            self.problem(path, f"bad address {value!r}: {exc}")
+            return None
+
+    def int_range(
+        self,
+        table: dict[str, Any],
+        key: str,
+        path: KeyPath,
+        default: int,
+        low: int,
+        high: int | None,
+    ) -> int:
+        value: int = self.get(table, key, path, int, default)
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            self.problem((*path, key), f"{value} is out of range {bound}")
+            return default
+        return value
+
+    def config(self, data: dict[str, Any], source: str) -> Config | None:
+        self.table(data, (), ("listeners", "pools", "timeouts"))
+        pools = self.pools(data.get("pools"))
+        listeners = self.listeners(data.get("listeners"), pools)
+        timeouts = self.timeouts(data.get("timeouts", {}))
+        if self.problems:
+            return None
+        return Config(listeners=listeners, pools=pools, timeouts=timeouts, source=source)
+
+    def timeouts(self, value: object) -> Timeouts:
+        path: KeyPath = ("timeouts",)
+        fields = ("connect", "idle", "shutdown_grace")
+        table = self.table(value, path, fields)
+        defaults = Timeouts()
+        out: dict[str, float] = {}
+        for key in fields:
+            number = self.get(table, key, path, (int, float), getattr(defaults, key))
+            if number <= 0:
+                self.problem((*path, key), f"{number} must be a positive number of seconds")
+                number = getattr(defaults, key)
+            out[key] = float(number)
+        return Timeouts(**out)
+
+    def pools(self, value: object) -> dict[str, PoolConfig]:
+        if value is None:
+            self.problem(("pools",), "no pools defined; add a [pools.NAME] table")
+            return {}
+        pools: dict[str, PoolConfig] = {}
+        names = tuple(value) if isinstance(value, dict) else ()
+        for name, body in self.table(value, ("pools",), names).items():
+            pool = self.pool(name, body)
+            if pool is not None:
+                pools[name] = pool
+        return pools
+
+    def pool(self, name: str, body: object) -> PoolConfig | None:
+        path: KeyPath = ("pools", name)
+        self.name(name, path)
+        table = self.table(body, path, ("algorithm", "backends"))
+        algorithm = self.get(table, "algorithm", path, str, "round_robin")
+        if algorithm not in ALGORITHMS:
+            self.problem(
+                (*path, "algorithm"),
+                f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}",
+            )
+        entries = self.get(table, "backends", path, list, [], required=True)
+        if isinstance(table.get("backends"), list) and not entries:
+            self.problem((*path, "backends"), "a pool needs at least one backend")
+        backends: list[BackendConfig] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(entries):
+            backend = self.backend(entry, (*path, "backends", i))
+            if backend is None:
+                continue
+            if backend.name in seen:
+                self.problem(
+                    (*path, "backends", i, "name"),
+                    f"duplicate backend name {backend.name!r} in pool {name!r}",
+                )
+            seen.add(backend.name)
+            backends.append(backend)
+        return PoolConfig(name, algorithm, tuple(backends))
+
+    def backend(self, entry: object, path: KeyPath) -> BackendConfig | None:
+        table = self.table(entry, path, ("name", "address", "weight", "max_connections"))
+        name = self.name(self.get(table, "name", path, str, required=True), (*path, "name"))
+        address = self.address(
+            self.get(table, "address", path, str, required=True), (*path, "address")
+        )
+        weight = self.int_range(table, "weight", path, 1, 0, MAX_WEIGHT)
+        max_conn = self.int_range(table, "max_connections", path, 0, 0, None)
+        if name is None or address is None:
+            return None
+        return BackendConfig(name, address, weight, max_conn)
+
+    def listeners(self, value: object, pools: dict[str, PoolConfig]) -> tuple[ListenerConfig, ...]:
+        if value is None:
+            self.problem(("listeners",), "no listeners defined; add a [[listeners]] table")
+            return ()
+        if not isinstance(value, list):
+            self.problem(("listeners",), "expected an array of tables: write [[listeners]]")
+            return ()
+        out: list[ListenerConfig] = []
+        names: set[str] = set()
+        binds: dict[Address, str] = {}
+        for i, entry in enumerate(value):
+            path: KeyPath = ("listeners", i)
+            listener = self.listener(entry, path, pools)
+            if listener is None:
+                continue
+            if listener.name in names:
+                self.problem((*path, "name"), f"duplicate listener name {listener.name!r}")
+            names.add(listener.name)
+            if listener.bind in binds and listener.bind.port != 0:
+                other = binds[listener.bind]
+                self.problem((*path, "bind"), f"{listener.bind} is already bound by {other!r}")
+            binds[listener.bind] = listener.name
+            out.append(listener)
+        return tuple(out)
+
+    def listener(
+        self, entry: object, path: KeyPath, pools: dict[str, PoolConfig]
+    ) -> ListenerConfig | None:
+        table = self.table(entry, path, ("name", "bind", "protocol", "pool", "pump"))
+        name = self.name(self.get(table, "name", path, str, required=True), (*path, "name"))
+        bind = self.address(
+            self.get(table, "bind", path, str, required=True), (*path, "bind"), bind=True
+        )
+        protocol = self.choice(table, "protocol", path, PROTOCOLS, "tcp")
+        pump = self.choice(table, "pump", path, PUMPS, "default")
+        pool = self.get(table, "pool", path, str, required=True)
+        if pool is not None and pool not in pools:
+            known = ", ".join(pools) or "none defined"
+            self.problem((*path, "pool"), f"no pool named {pool!r}; pools: {known}")
+        if name is None or bind is None or pool is None:
+            return None
+        return ListenerConfig(name, bind, pool, protocol, pump)
+
+    def choice(
+        self, table: dict[str, Any], key: str, path: KeyPath, allowed: tuple[str, ...], default: str
+    ) -> str:
+        value: str = self.get(table, key, path, str, default)
+        if value in LATER_PROTOCOLS and key == "protocol":
+            self.problem((*path, key), f"protocol {value!r} is not supported yet; use 'tcp'")
+        elif value not in allowed:
+            self.problem((*path, key), f"{value!r} is not one of: {', '.join(allowed)}")
+        return value

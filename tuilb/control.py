@@ -1,0 +1,143 @@
+"""Operator commands as data, one registry, one `apply`.
+
+Keys, the command palette, the admin API, `tuilb ctl` and tests all build these frozen
+objects (directly or through `build(name, args)`) and hand them to `apply`. Help text
+lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tuilb.config import MAX_WEIGHT
+from tuilb.errors import CommandError
+from tuilb.model import AdminState, Backend, Model
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enable:
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disable:
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetWeight:
+    target: str
+    weight: int
+    relative: bool = False  # weight is a delta, e.g. +10 / -10
+
+
+Command = Drain | Enable | Disable | SetWeight
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    name: str
+    usage: str
+    help: str
+    build: Callable[[Sequence[str]], Command]
+
+
+def parse_weight(text: str) -> tuple[int, bool]:
+    """ "5" -> (5, False); "+10" -> (10, True); "-3" -> (-3, True)."""
+    text = text.strip()
+    relative = text[:1] in ("+", "-")
+    try:
+        value = int(text)
+    except ValueError:
+        raise CommandError(
+            f"bad weight {text!r}: give 0..{MAX_WEIGHT}, or +N / -N to change it"
+        ) from None
+    if not relative and not 0 <= value <= MAX_WEIGHT:
+        raise CommandError(f"weight {value} is out of range 0..{MAX_WEIGHT}")
+    return value, relative
+
+
+def _one_target(cls: type[Drain | Enable | Disable]) -> Callable[[Sequence[str]], Command]:
+    def build(args: Sequence[str]) -> Command:
+        if len(args) != 1:
+            raise CommandError("expected one argument: POOL/BACKEND")
+        return cls(args[0])
+
+    return build
+
+
+def _set_weight(args: Sequence[str]) -> Command:
+    if len(args) != 2:
+        raise CommandError("expected two arguments: POOL/BACKEND WEIGHT")
+    value, relative = parse_weight(args[1])
+    return SetWeight(args[0], value, relative)
+
+
+REGISTRY: dict[str, CommandSpec] = {
+    spec.name: spec
+    for spec in (
+        CommandSpec(
+            "drain",
+            "drain POOL/BACKEND",
+            "Stop sending new connections; existing ones run to completion.",
+            _one_target(Drain),
+        ),
+        CommandSpec(
+            "enable",
+            "enable POOL/BACKEND",
+            "Make the backend ready for new connections again.",
+            _one_target(Enable),
+        ),
+        CommandSpec(
+            "disable",
+            "disable POOL/BACKEND",
+            "Take the backend out: no new connections (existing ones are not cut).",
+            _one_target(Disable),
+        ),
+        CommandSpec(
+            "weight",
+            "weight POOL/BACKEND N|+N|-N",
+            f"Set the weight (0..{MAX_WEIGHT}; 0 = no new traffic) or change it by N.",
+            _set_weight,
+        ),
+    )
+}
+
+
+def build(name: str, args: Sequence[str]) -> Command:
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise CommandError(f"unknown command {name!r}; commands: {', '.join(REGISTRY)}")
+    return spec.build(args)
+
+
+def _lookup(model: Model, target: str) -> Backend:
+    try:
+        return model.backend(target)
+    except KeyError as exc:
+        raise CommandError(f"{exc.args[0]} (targets are written POOL/BACKEND)") from None
+
+
+_STATES = {Drain: AdminState.DRAINING, Enable: AdminState.READY, Disable: AdminState.DISABLED}
+
+
+def apply(model: Model, command: Command, source: str = "operator") -> str:
+    """Apply `command` to `model`; returns what happened, for the operator to read."""
+    backend = _lookup(model, command.target)
+    cause = f"{source}: {type(command).__name__.lower()}"
+    if isinstance(command, SetWeight):
+        weight = backend.weight + command.weight if command.relative else command.weight
+        weight = max(0, min(MAX_WEIGHT, weight))
+        if not model.set_weight(backend, weight, f"{source}: weight"):
+            return f"{backend.target}: weight already {weight}"
+        return f"{backend.target}: weight {weight}"
+    state = _STATES[type(command)]
+    if not model.set_admin(backend, state, cause):
+        return f"{backend.target}: already {state}"
+    return f"{backend.target}: {state}"

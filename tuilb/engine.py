@@ -1,0 +1,231 @@
+"""The root trio task: listeners, connections, idle sweeping, drain and shutdown.
+
+Nursery tree, outermost first:
+  services    the idle sweeper; cancelled last
+  connections one task per proxied connection; given `shutdown_grace` on shutdown
+  accepts     one accept loop per listener; cancelled first on shutdown
+
+`Engine.run()` binds every listener before it accepts anything (a port in use fails the
+start with `StartupError` and nothing half-running), then reports the bound addresses
+through `task_status.started()`. The engine never imports the UI.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from tuilb import balance
+from tuilb.config import Config, ListenerConfig
+from tuilb.errors import StartupError
+from tuilb.log import Log, RateLimit, null_log
+from tuilb.model import Backend, Event, Model
+from tuilb.proxy.l4 import FD_ERRNOS, Connection, TcpProxy
+from tuilb.proxy.pump import BufferPool, PipePool, Pump, make_copy_pump, make_splice_pump
+
+# Accept errors that concern one connection that died in the queue, not the listener.
+_TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    listener: str
+    host: str
+    port: int
+
+
+class Engine:
+    def __init__(self, config: Config, model: Model | None = None, log: Log = null_log) -> None:
+        self.config = config
+        self.model = model if model is not None else Model(config.pools.values())
+        self.log = log
+        self.connections: set[Connection] = set()
+        self.bound: list[Bound] = []
+        self._shutdown = trio.Event()
+        self._conn_scope: trio.CancelScope | None = None
+        self._limit = RateLimit(1.0)
+        self._buffers = BufferPool()
+        self._pipes = PipePool()
+        self._balancers = {name: balance.make(p.algorithm) for name, p in config.pools.items()}
+        self._capacity = {name: trio.lowlevel.ParkingLot() for name in config.pools}
+        self.model.subscribe(self._on_event)
+
+    # -- control from outside (same thread as trio) ----------------------------------------
+    def request_shutdown(self) -> None:
+        """Stop accepting; in-flight connections get `shutdown_grace`. A second call cuts them."""
+        if self._shutdown.is_set() and self._conn_scope is not None:
+            self.log("shutdown", "warning", cause="second request: closing all connections now")
+            self._conn_scope.cancel()
+        self._shutdown.set()
+
+    @property
+    def active_connections(self) -> int:
+        return len(self.connections)
+
+    # -- the root task -----------------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        sockets = await self._bind_all()
+        try:
+            async with trio.open_nursery() as services:
+                services.start_soon(self._sweep_idle)
+                async with trio.open_nursery() as conns:
+                    self._conn_scope = conns.cancel_scope
+                    async with trio.open_nursery() as accepts:
+                        for listener, sock in sockets:
+                            proxy = self._proxy(listener)
+                            accepts.start_soon(self._accept_loop, listener, sock, proxy, conns)
+                        task_status.started(list(self.bound))
+                        gc.freeze()  # full collections stop walking the start-up objects
+                        await self._shutdown.wait()
+                        accepts.cancel_scope.cancel()
+                    for _, sock in sockets:
+                        sock.close()
+                    grace = self.config.timeouts.shutdown_grace
+                    self.log(
+                        "shutdown",
+                        connections=self.active_connections,
+                        cause=f"in-flight connections get up to {grace:g}s",
+                    )
+                    conns.cancel_scope.deadline = trio.current_time() + grace
+                if conns.cancel_scope.cancelled_caught:
+                    self.log("shutdown", "warning", cause="grace period over: connections cut")
+                services.cancel_scope.cancel()
+        finally:
+            for _, sock in sockets:
+                sock.close()
+            self._pipes.close()
+        self.log("stopped")
+
+    async def _bind_all(self) -> list[tuple[ListenerConfig, trio.socket.SocketType]]:
+        out: list[tuple[ListenerConfig, trio.socket.SocketType]] = []
+        try:
+            for listener in self.config.listeners:
+                sock = await self._bind(listener)
+                out.append((listener, sock))
+                host, port = sock.getsockname()[:2]
+                self.bound.append(Bound(listener.name, host, port))
+                self.log(
+                    "listening",
+                    listener=listener.name,
+                    bind=f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
+                    protocol=listener.protocol,
+                )
+        except BaseException:
+            for _, sock in out:
+                sock.close()
+            raise
+        return out
+
+    async def _bind(self, listener: ListenerConfig) -> trio.socket.SocketType:
+        addr = listener.bind
+        try:
+            infos = await trio.socket.getaddrinfo(
+                addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            family, _, _, _, sockaddr = infos[0]
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise StartupError(
+                f"listener {listener.name!r}: cannot use {addr}: {exc.strerror or exc}"
+            ) from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(sockaddr)
+            sock.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            sock.close()
+            reason = (exc.strerror or str(exc)).lower()
+            raise StartupError(
+                f"listener {listener.name!r}: cannot listen on {addr}: {reason}"
+            ) from None
+        return sock
+
+    def _proxy(self, listener: ListenerConfig) -> TcpProxy:
+        pump: Pump = (
+            make_splice_pump(self._pipes)
+            if listener.pump == "splice"
+            else make_copy_pump(self._buffers)
+        )
+        return TcpProxy(
+            listener,
+            self.model.pools[listener.pool],
+            self._balancers[listener.pool],
+            self.model,
+            self.config.timeouts,
+            pump,
+            self.connections,
+            self._capacity[listener.pool],
+            self._on_error,
+        )
+
+    async def _accept_loop(
+        self,
+        listener: ListenerConfig,
+        sock: trio.socket.SocketType,
+        proxy: TcpProxy,
+        conns: trio.Nursery,
+    ) -> None:
+        handle = proxy.handle
+        while True:
+            try:
+                client, peer = await sock.accept()
+            except OSError as exc:
+                if exc.errno in FD_ERRNOS:
+                    # Out of descriptors: keep serving what we have, retry a little later,
+                    # and say so once a second at most.
+                    self._on_error(
+                        "accept_failed", None, (exc.strerror or "").lower(), listener.name
+                    )
+                    await trio.sleep(0.05)
+                    continue
+                if exc.errno in _TRANSIENT_ACCEPT:
+                    continue
+                raise
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # the client is already gone; handle() will find out
+            conns.start_soon(handle, client, peer)
+
+    async def _sweep_idle(self) -> None:
+        """Close tunnels that moved nothing for `idle` seconds (no per-chunk timer cost)."""
+        idle = self.config.timeouts.idle
+        interval = min(1.0, idle / 4)
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for conn in list(self.connections):
+                if conn.progress != conn.seen:
+                    conn.seen, conn.since = conn.progress, now
+                elif now - conn.since >= idle and conn.scope is not None:
+                    conn.scope.cancel()
+
+    # -- logging glue ------------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        self.log(event.kind, target=event.target, from_=event.old, to=event.new, cause=event.cause)
+        # A state or weight change may free room for connections waiting on capacity.
+        for lot in self._capacity.values():
+            lot.unpark_all()
+
+    def _on_error(
+        self, event: str, backend: Backend | None, reason: str, listener: str | None = None
+    ) -> None:
+        key = f"{event}:{backend.target if backend else listener}"
+        held = self._limit.allow(key, trio.current_time())
+        if held is None:
+            return
+        self.log(
+            event,
+            "warning",
+            listener=listener,
+            target=backend.target if backend else None,
+            cause=reason,
+            suppressed=held or None,
+        )

@@ -1,0 +1,80 @@
+"""Headless logging: one line per event on stderr, as text or as JSON.
+
+The engine calls a `Log` with an event name and fields; this module decides how a line
+looks. Noisy events (connect failures, descriptor exhaustion) go through `RateLimit`
+so a storm becomes one line a second with a count of what was suppressed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, Protocol, TextIO
+
+FORMATS = ("text", "json")
+
+
+class Log(Protocol):
+    def __call__(self, event: str, level: str = "info", **fields: Any) -> None: ...
+
+
+def null_log(event: str, level: str = "info", **fields: Any) -> None:
+    """A Log that drops everything (tests, embedding)."""
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=') or not text.isprintable():
+        return json.dumps(text)
+    return text
+
+
+class StreamLog:
+    def __init__(
+        self, fmt: str = "text", stream: TextIO | None = None, clock: Any = time.time
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(fmt)
+        self.fmt = fmt
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock
+
+    def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
+        # "from" is a keyword in Python; callers pass from_.
+        record = {k.rstrip("_"): v for k, v in fields.items() if v is not None}
+        ts = _iso(self.clock())
+        if self.fmt == "json":
+            line = json.dumps({"ts": ts, "level": level, "event": event, **record}, default=str)
+        else:
+            parts = [ts, level.upper().ljust(5), event]
+            parts += [f"{k}={_text_value(v)}" for k, v in record.items()]
+            line = " ".join(parts)
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed or full: logging must never take the engine down
+
+
+class RateLimit:
+    """At most one message per key per `interval` seconds; counts what it held back."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        """None: suppress. Otherwise the number suppressed since the last allowed one."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)

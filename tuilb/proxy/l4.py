@@ -1,0 +1,189 @@
+"""TCP proxying: pick a backend, connect (retrying others on failure), pump both ways.
+
+One `TcpProxy` serves one listener. `handle()` owns one client connection from accept
+to close and catches every per-connection error, so no single connection can take the
+engine down. Half-close travels through (EOF on one side becomes `shutdown(SHUT_WR)` on
+the other while the reverse direction keeps flowing); a reset on one side becomes a
+reset (SO_LINGER 0 close) on the other.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Callable
+
+import trio
+
+from tuilb.balance import Balancer
+from tuilb.config import Address, ListenerConfig, Timeouts
+from tuilb.model import Backend, Model, Pool
+from tuilb.proxy.pump import End, Pump
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Connection:
+    """One proxied connection: what the idle sweeper and the counters need."""
+
+    __slots__ = ("backend", "progress", "scope", "seen", "since")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.progress = 0  # chunks moved; the idle sweeper compares it between sweeps
+        self.seen = -1
+        self.since = 0.0
+        self.scope: trio.CancelScope | None = None
+
+    def moved(self, upstream: bool, n: int) -> None:
+        self.progress += 1
+        if upstream:
+            self.backend.bytes_in += n
+        else:
+            self.backend.bytes_out += n
+
+
+def arm_reset(sock: trio.socket.SocketType) -> None:
+    """Make the coming close() show the peer a reset rather than a clean end."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect refused"
+    if isinstance(exc, trio.TooSlowError):
+        return "connect timeout"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
+
+
+class TcpProxy:
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        pool: Pool,
+        balancer: Balancer,
+        model: Model,
+        timeouts: Timeouts,
+        pump: Pump,
+        connections: set[Connection],
+        capacity: trio.lowlevel.ParkingLot,
+        on_error: Callable[[str, Backend | None, str], None],
+    ) -> None:
+        self.listener = listener
+        self.pool = pool
+        self.balancer = balancer
+        self.model = model
+        self.timeouts = timeouts
+        self.pump = pump
+        self.connections = connections
+        self.capacity = capacity
+        self.on_error = on_error  # (event, backend, reason): logged, rate-limited upstream
+
+    async def handle(self, client: trio.socket.SocketType, peer: object) -> None:
+        upstream: trio.socket.SocketType | None = None
+        try:
+            key = peer[0] if isinstance(peer, tuple) else ""
+            picked = await self.connect(str(key))
+            if picked is None:
+                return
+            upstream, backend = picked
+            await self.relay(client, upstream, backend)
+        except OSError as exc:
+            self.on_error("connection_error", None, describe(exc))
+        finally:
+            client.close()
+            if upstream is not None:
+                upstream.close()
+
+    async def connect(self, key: str) -> tuple[trio.socket.SocketType, Backend] | None:
+        """Try usable backends in the balancer's order until one accepts; None if none do."""
+        tried: set[Backend] = set()
+        deadline = trio.current_time() + self.timeouts.connect
+        while True:
+            backend = self.balancer.pick(self.pool.backends, key, tried)
+            if backend is None:
+                if self._full_but_eligible(tried) and trio.current_time() < deadline:
+                    with trio.move_on_at(deadline):
+                        await self.capacity.park()
+                    continue
+                self.model.refused(self.pool)
+                return None
+            tried.add(backend)
+            sock = await self._open(backend)
+            if sock is not None:
+                return sock, backend
+
+    def _full_but_eligible(self, tried: set[Backend]) -> bool:
+        return any(b.eligible and not b.has_capacity and b not in tried for b in self.pool.backends)
+
+    async def _open(self, backend: Backend) -> trio.socket.SocketType | None:
+        address = backend.address
+        try:
+            family, sockaddr = await _resolve(address)
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.model.connect_failed(backend, describe(exc))
+            self.on_error("connect_failed", backend, describe(exc))
+            return None
+        try:
+            with trio.fail_after(self.timeouts.connect):
+                await sock.connect(sockaddr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, trio.TooSlowError) as exc:
+            sock.close()
+            self.model.connect_failed(backend, describe(exc))
+            self.on_error("connect_failed", backend, describe(exc))
+            return None
+        return sock
+
+    async def relay(
+        self, client: trio.socket.SocketType, upstream: trio.socket.SocketType, backend: Backend
+    ) -> None:
+        conn = Connection(backend)
+        self.model.connection_started(backend)
+        self.connections.add(conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.scope = nursery.cancel_scope
+                nursery.start_soon(
+                    self._direction, client, upstream, conn, True, nursery.cancel_scope
+                )
+                await self._direction(upstream, client, conn, False, nursery.cancel_scope)
+        finally:
+            self.connections.discard(conn)
+            self.model.connection_ended(backend)
+            if backend.max_connections:
+                self.capacity.unpark_all()
+
+    async def _direction(
+        self,
+        src: trio.socket.SocketType,
+        dst: trio.socket.SocketType,
+        conn: Connection,
+        upstream: bool,
+        scope: trio.CancelScope,
+    ) -> None:
+        if await self.pump(src, dst, conn, upstream) is End.RESET:
+            # Either peer is gone abruptly: show it to the other one as a reset too.
+            # Closing happens in handle(), after both directions have stopped.
+            arm_reset(src)
+            arm_reset(dst)
+            scope.cancel()
+
+
+async def _resolve(address: Address) -> tuple[int, tuple[str, int]]:
+    if address.is_literal:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        return family, (address.host, address.port)
+    infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(errno.EHOSTUNREACH, f"cannot resolve {address.host}")
+    family, _, _, _, sockaddr = infos[0]
+    return family, (str(sockaddr[0]), int(sockaddr[1]))
