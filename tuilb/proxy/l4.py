@@ -74,7 +74,7 @@ class TcpProxy:
         pump: Pump,
         connections: set[Connection],
         capacity: trio.lowlevel.ParkingLot,
-        on_error: Callable[[str, Backend | None, str], None],
+        on_error: Callable[[str, Backend | None, str, str], None],
     ) -> None:
         self.listener = listener
         self.pool = pool
@@ -84,7 +84,10 @@ class TcpProxy:
         self.pump = pump
         self.connections = connections
         self.capacity = capacity
-        self.on_error = on_error  # (event, backend, reason): logged, rate-limited upstream
+        self.on_error = on_error  # (event, backend, reason, listener): logged, rate-limited
+
+    def _error(self, event: str, backend: Backend | None, reason: str) -> None:
+        self.on_error(event, backend, reason, self.listener.name)
 
     async def handle(self, client: trio.socket.SocketType, peer: object) -> None:
         upstream: trio.socket.SocketType | None = None
@@ -96,7 +99,9 @@ class TcpProxy:
             upstream, backend = picked
             await self.relay(client, upstream, backend)
         except OSError as exc:
-            self.on_error("connection_error", None, describe(exc))
+            self._error("connection_error", None, describe(exc))
+        except Exception as exc:  # one connection must never end the engine
+            self._error("connection_error", None, f"internal error: {exc!r}")
         finally:
             client.close()
             if upstream is not None:
@@ -114,6 +119,7 @@ class TcpProxy:
                         await self.capacity.park()
                     continue
                 self.model.refused(self.pool)
+                self._error("no_backend", None, f"no usable backend in pool {self.pool.name!r}")
                 return None
             tried.add(backend)
             sock = await self._open(backend)
@@ -130,7 +136,7 @@ class TcpProxy:
             sock = trio.socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
             self.model.connect_failed(backend, describe(exc))
-            self.on_error("connect_failed", backend, describe(exc))
+            self._error("connect_failed", backend, describe(exc))
             return None
         try:
             with trio.fail_after(self.timeouts.connect):
@@ -139,7 +145,7 @@ class TcpProxy:
         except (OSError, trio.TooSlowError) as exc:
             sock.close()
             self.model.connect_failed(backend, describe(exc))
-            self.on_error("connect_failed", backend, describe(exc))
+            self._error("connect_failed", backend, describe(exc))
             return None
         return sock
 
