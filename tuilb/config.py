@@ -24,6 +24,7 @@ LATER_PROTOCOLS = ("http", "udp")  # in the schema, not yet served
 PUMPS = ("default", "splice")
 MAX_WEIGHT = 256
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_HOST = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def parse_address(text: str, allow_zero: bool = False) -> Address:
             raise ValueError("write IPv6 addresses in brackets, e.g. [::1]:8080")
     if not host:
         raise ValueError("the host part is empty (use 0.0.0.0 or [::] for all addresses)")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         raise ValueError(f"port {port!r} is not a number")
     number = int(port)
     if not (0 if allow_zero else 1) <= number <= 65535:
@@ -116,6 +117,8 @@ def parse_address(text: str, allow_zero: bool = False) -> Address:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif not _HOST.match(host):
+        raise ValueError(f"{host!r} is not a host name or IP address")
     return Address(host, number)
 
 
@@ -139,6 +142,12 @@ def parse(text: str, source: str = "<config>") -> Config:
     if checker.problems or config is None:
         raise ConfigError(source, checker.problems)
     return config
+
+
+def _raw_name(entry: object) -> str | None:
+    """An entry's name before validation, so duplicates show even beside other problems."""
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _where(path: KeyPath) -> str:
@@ -248,14 +257,14 @@ class _Checker:
         out: dict[str, float] = {}
         for key in fields:
             number = self.get(table, key, path, (int, float), getattr(defaults, key))
-            if number <= 0:
+            if not number > 0:  # also catches nan
                 self.problem((*path, key), f"{number} must be a positive number of seconds")
                 number = getattr(defaults, key)
             out[key] = float(number)
         return Timeouts(**out)
 
     def pools(self, value: object) -> dict[str, PoolConfig]:
-        if value is None:
+        if not value:
             self.problem(("pools",), "no pools defined; add a [pools.NAME] table")
             return {}
         pools: dict[str, PoolConfig] = {}
@@ -282,19 +291,23 @@ class _Checker:
         backends: list[BackendConfig] = []
         seen: set[str] = set()
         for i, entry in enumerate(entries):
-            backend = self.backend(entry, (*path, "backends", i))
-            if backend is None:
-                continue
-            if backend.name in seen:
+            entry_name = _raw_name(entry)
+            if entry_name in seen:
                 self.problem(
                     (*path, "backends", i, "name"),
-                    f"duplicate backend name {backend.name!r} in pool {name!r}",
+                    f"duplicate backend name {entry_name!r} in pool {name!r}",
                 )
-            seen.add(backend.name)
-            backends.append(backend)
+            if entry_name is not None:
+                seen.add(entry_name)
+            backend = self.backend(entry, (*path, "backends", i))
+            if backend is not None:
+                backends.append(backend)
         return PoolConfig(name, algorithm, tuple(backends))
 
     def backend(self, entry: object, path: KeyPath) -> BackendConfig | None:
+        if not isinstance(entry, dict):
+            self.table(entry, path, ())  # one problem: "expected a table", not one per key
+            return None
         table = self.table(entry, path, ("name", "address", "weight", "max_connections"))
         name = self.name(self.get(table, "name", path, str, required=True), (*path, "name"))
         address = self.address(
@@ -307,7 +320,7 @@ class _Checker:
         return BackendConfig(name, address, weight, max_conn)
 
     def listeners(self, value: object, pools: dict[str, PoolConfig]) -> tuple[ListenerConfig, ...]:
-        if value is None:
+        if value is None or value == []:
             self.problem(("listeners",), "no listeners defined; add a [[listeners]] table")
             return ()
         if not isinstance(value, list):
@@ -318,12 +331,14 @@ class _Checker:
         binds: dict[Address, str] = {}
         for i, entry in enumerate(value):
             path: KeyPath = ("listeners", i)
+            entry_name = _raw_name(entry)
+            if entry_name in names:
+                self.problem((*path, "name"), f"duplicate listener name {entry_name!r}")
+            if entry_name is not None:
+                names.add(entry_name)
             listener = self.listener(entry, path, pools)
             if listener is None:
                 continue
-            if listener.name in names:
-                self.problem((*path, "name"), f"duplicate listener name {listener.name!r}")
-            names.add(listener.name)
             if listener.bind in binds and listener.bind.port != 0:
                 other = binds[listener.bind]
                 self.problem((*path, "bind"), f"{listener.bind} is already bound by {other!r}")
@@ -334,6 +349,9 @@ class _Checker:
     def listener(
         self, entry: object, path: KeyPath, pools: dict[str, PoolConfig]
     ) -> ListenerConfig | None:
+        if not isinstance(entry, dict):
+            self.table(entry, path, ())
+            return None
         table = self.table(entry, path, ("name", "bind", "protocol", "pool", "pump"))
         name = self.name(self.get(table, "name", path, str, required=True), (*path, "name"))
         bind = self.address(

@@ -132,8 +132,13 @@ def apply(model: Model, command: Command, source: str = "operator") -> str:
     backend = _lookup(model, command.target)
     cause = f"{source}: {type(command).__name__.lower()}"
     if isinstance(command, SetWeight):
-        weight = backend.weight + command.weight if command.relative else command.weight
-        weight = max(0, min(MAX_WEIGHT, weight))
+        if command.relative:
+            # +/- from a key or ctl: stop at the bounds rather than fail.
+            weight = max(0, min(MAX_WEIGHT, backend.weight + command.weight))
+        elif not 0 <= command.weight <= MAX_WEIGHT:
+            raise CommandError(f"weight {command.weight} is out of range 0..{MAX_WEIGHT}")
+        else:
+            weight = command.weight
         if not model.set_weight(backend, weight, f"{source}: weight"):
             return f"{backend.target}: weight already {weight}"
         return f"{backend.target}: weight {weight}"

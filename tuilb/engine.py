@@ -48,6 +48,7 @@ class Engine:
         self.bound: list[Bound] = []
         self._shutdown = trio.Event()
         self._conn_scope: trio.CancelScope | None = None
+        self._sockets: list[tuple[ListenerConfig, trio.socket.SocketType]] | None = None
         self._limit = RateLimit(1.0)
         self._buffers = BufferPool()
         self._pipes = PipePool()
@@ -68,8 +69,19 @@ class Engine:
         return len(self.connections)
 
     # -- the root task -----------------------------------------------------------------------
+    async def bind(self) -> list[Bound]:
+        """Bind every listener (all or none); `run()` does this itself if not done before.
+
+        Separate so a host can report a port in use before it opens its own nursery.
+        """
+        if self._sockets is None:
+            self._sockets = await self._bind_all()
+        return list(self.bound)
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        sockets = await self._bind_all()
+        await self.bind()
+        assert self._sockets is not None
+        sockets = self._sockets
         try:
             async with trio.open_nursery() as services:
                 services.start_soon(self._sweep_idle)

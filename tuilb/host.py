@@ -27,6 +27,7 @@ async def _watch_signals(engine: Engine, log: Log) -> None:
 
 async def serve_headless(config: Config, log: Log) -> None:
     engine = Engine(config, log=log)
+    await engine.bind()  # outside the nursery: a port in use is a StartupError, not a group
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, engine, log)
         await engine.run()  # returns once shutdown has finished

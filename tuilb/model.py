@@ -230,13 +230,22 @@ class Model:
 
     # -- traffic (hot path: keep these tiny) ----------------------------------------------
     def connection_started(self, backend: Backend) -> None:
+        """A connection was assigned to `backend`: called before the connect, so that
+        the slot counts against `max_connections` at once and a drain waits for it."""
         backend.active += 1
         backend.total += 1
 
     def connection_ended(self, backend: Backend) -> None:
-        backend.active -= 1
+        if backend.active > 0:
+            backend.active -= 1
         if backend.active == 0 and backend.admin is AdminState.DRAINING:
             self.record(backend.target, "drained", "draining", "drained", "last connection closed")
+
+    def connection_aborted(self, backend: Backend, reason: str) -> None:
+        """The connect for a started connection failed: undo the start, count the failure."""
+        backend.total -= 1
+        self.connect_failed(backend, reason)
+        self.connection_ended(backend)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
         backend.failed_connects += 1

@@ -29,7 +29,8 @@ def key_lines(text: str) -> dict[Path, int]:
     array_len: dict[Path, int] = {}
     current: Path = ()
     in_multiline = False
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # TOML ends lines only at \n; str.splitlines() would also split at U+2028 and others.
+    for number, raw in enumerate(text.split("\n"), start=1):
         # Skip the inside of multi-line strings; their lines are values, not keys.
         if raw.count('"""') % 2 == 1 or raw.count("'''") % 2 == 1:
             in_multiline = not in_multiline

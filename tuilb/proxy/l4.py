@@ -130,30 +130,39 @@ class TcpProxy:
         return any(b.eligible and not b.has_capacity and b not in tried for b in self.pool.backends)
 
     async def _open(self, backend: Backend) -> trio.socket.SocketType | None:
-        address = backend.address
+        """Connect to `backend`. The connection counts on it from the first moment."""
+        self.model.connection_started(backend)
+        sock = None
         try:
-            family, sockaddr = await _resolve(address)
+            family, sockaddr = await _resolve(backend.address)
             sock = trio.socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            self.model.connect_failed(backend, describe(exc))
-            self._error("connect_failed", backend, describe(exc))
-            return None
-        try:
             with trio.fail_after(self.timeouts.connect):
                 await sock.connect(sockaddr)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, trio.TooSlowError) as exc:
-            sock.close()
-            self.model.connect_failed(backend, describe(exc))
+            if sock is not None:
+                sock.close()
+            self.model.connection_aborted(backend, describe(exc))
+            self._release(backend)
             self._error("connect_failed", backend, describe(exc))
             return None
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            self.model.connection_ended(backend)
+            self._release(backend)
+            raise
         return sock
+
+    def _release(self, backend: Backend) -> None:
+        if backend.max_connections:
+            self.capacity.unpark_all()
 
     async def relay(
         self, client: trio.socket.SocketType, upstream: trio.socket.SocketType, backend: Backend
     ) -> None:
+        """Pump both ways; `backend` already counts this connection (see `_open`)."""
         conn = Connection(backend)
-        self.model.connection_started(backend)
         self.connections.add(conn)
         try:
             async with trio.open_nursery() as nursery:
@@ -165,8 +174,7 @@ class TcpProxy:
         finally:
             self.connections.discard(conn)
             self.model.connection_ended(backend)
-            if backend.max_connections:
-                self.capacity.unpark_all()
+            self._release(backend)
 
     async def _direction(
         self,

@@ -151,36 +151,33 @@ def make_splice_pump(pipes: PipePool) -> Pump:
         do_splice, flags, chunk = os.splice, SPLICE_FLAGS, pipes.size
         while True:
             pipe = pipes.get()
-            clean = False
             try:
-                try:
-                    n = do_splice(src_fd, pipe[1], chunk, flags=flags)
-                except BlockingIOError:
-                    clean = True
-                    await wait_readable(src_fd)
-                    continue
-                except _RESETS:
-                    clean = True
-                    return End.RESET
-                if n == 0:
-                    clean = True
-                    _half_close(dst)
-                    return End.EOF
-                left = n
+                n = do_splice(src_fd, pipe[1], chunk, flags=flags)
+            except BlockingIOError:
+                pipes.put(pipe)  # still empty: an idle tunnel holds no pipe
+                await wait_readable(src_fd)
+                continue
+            except _RESETS:
+                pipes.put(pipe)
+                return End.RESET
+            if n == 0:
+                pipes.put(pipe)
+                _half_close(dst)
+                return End.EOF
+            left = n
+            try:
                 while left:
                     try:
                         left -= do_splice(pipe[0], dst_fd, left, flags=flags)
                     except BlockingIOError:
                         await wait_writable(dst_fd)
-                    except _RESETS:
-                        return End.RESET
-                clean = True
-            finally:
+            except BaseException as exc:
                 # A pipe with bytes still inside must never be reused.
-                if clean:
-                    pipes.put(pipe)
-                else:
-                    pipes.discard(pipe)
+                pipes.discard(pipe)
+                if isinstance(exc, _RESETS):
+                    return End.RESET
+                raise
+            pipes.put(pipe)
             meter.moved(upstream, n)
             await checkpoint()
 
