@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from trio.lowlevel import checkpoint, wait_readable
 
 from tuilb import balance
 from tuilb.config import Config, ListenerConfig
@@ -48,7 +49,7 @@ class Engine:
         self.bound: list[Bound] = []
         self._shutdown = trio.Event()
         self._conn_scope: trio.CancelScope | None = None
-        self._sockets: list[tuple[ListenerConfig, trio.socket.SocketType]] | None = None
+        self._sockets: list[tuple[ListenerConfig, socket.socket]] | None = None
         self._limit = RateLimit(1.0)
         self._buffers = BufferPool()
         self._pipes = PipePool()
@@ -113,8 +114,8 @@ class Engine:
             self._pipes.close()
         self.log("stopped")
 
-    async def _bind_all(self) -> list[tuple[ListenerConfig, trio.socket.SocketType]]:
-        out: list[tuple[ListenerConfig, trio.socket.SocketType]] = []
+    async def _bind_all(self) -> list[tuple[ListenerConfig, socket.socket]]:
+        out: list[tuple[ListenerConfig, socket.socket]] = []
         try:
             for listener in self.config.listeners:
                 sock = await self._bind(listener)
@@ -133,14 +134,14 @@ class Engine:
             raise
         return out
 
-    async def _bind(self, listener: ListenerConfig) -> trio.socket.SocketType:
+    async def _bind(self, listener: ListenerConfig) -> socket.socket:
         addr = listener.bind
         try:
             infos = await trio.socket.getaddrinfo(
                 addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )
             family, _, _, _, sockaddr = infos[0]
-            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             raise StartupError(
                 f"listener {listener.name!r}: cannot use {addr}: {exc.strerror or exc}"
@@ -149,7 +150,7 @@ class Engine:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            await sock.bind(sockaddr)
+            sock.bind(sockaddr)
             sock.listen(socket.SOMAXCONN)
         except OSError as exc:
             sock.close()
@@ -180,14 +181,18 @@ class Engine:
     async def _accept_loop(
         self,
         listener: ListenerConfig,
-        sock: trio.socket.SocketType,
+        sock: socket.socket,
         proxy: TcpProxy,
         conns: trio.Nursery,
     ) -> None:
-        handle = proxy.handle
+        handle, accept, fd = proxy.handle, sock.accept, sock.fileno()
+        accepted = 0
         while True:
             try:
-                client, peer = await sock.accept()
+                client, peer = accept()
+            except BlockingIOError:
+                await wait_readable(fd)
+                continue
             except OSError as exc:
                 if exc.errno in FD_ERRNOS:
                     # Out of descriptors: keep serving what we have, retry a little later,
@@ -201,10 +206,14 @@ class Engine:
                     continue
                 raise
             try:
+                client.setblocking(False)
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass  # the client is already gone; handle() will find out
             conns.start_soon(handle, client, peer)
+            accepted += 1
+            if accepted % 16 == 0:
+                await checkpoint()  # a burst of accepts must not starve running connections
 
     async def _sweep_idle(self) -> None:
         """Close tunnels that moved nothing for `idle` seconds (no per-chunk timer cost)."""

@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -63,6 +64,7 @@ class Backend:
         "max_connections",
         "name",
         "pool",
+        "sockaddr",
         "target",
         "total",
         "weight",
@@ -74,6 +76,7 @@ class Backend:
         self.target = f"{pool}/{config.name}"
         self.config = config
         self.address: Address = config.address
+        self.sockaddr = _sockaddr(config.address)  # None: a host name, resolved per connect
         self.weight = config.weight
         self.max_connections = config.max_connections
         self.admin = AdminState.READY
@@ -104,6 +107,13 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.target} {self.admin}/{self.health} w={self.weight} a={self.active}>"
+
+
+def _sockaddr(address: Address) -> tuple[int, tuple[str, int]] | None:
+    if not address.is_literal:
+        return None
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    return family, (address.host, address.port)
 
 
 class Pool:

@@ -10,11 +10,13 @@ reset (SO_LINGER 0 close) on the other.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import Callable
 
 import trio
+from trio.lowlevel import wait_readable, wait_writable
 
 from tuilb.balance import Balancer
 from tuilb.config import Address, ListenerConfig, Timeouts
@@ -28,7 +30,7 @@ FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 class Connection:
     """One proxied connection: what the idle sweeper and the counters need."""
 
-    __slots__ = ("backend", "progress", "scope", "seen", "since")
+    __slots__ = ("backend", "eofs", "progress", "scope", "seen", "since")
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -36,6 +38,17 @@ class Connection:
         self.seen = -1
         self.since = 0.0
         self.scope: trio.CancelScope | None = None
+        self.eofs = 0
+
+    def ended(self, dst: socket.socket) -> None:
+        """One direction saw EOF: pass the half-close on. When the other direction has
+        ended already, both sockets are about to be closed, and close() says it all."""
+        self.eofs += 1
+        if self.eofs == 1:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # already gone; the other direction will find out
 
     def moved(self, upstream: bool, n: int) -> None:
         self.progress += 1
@@ -45,7 +58,7 @@ class Connection:
             self.backend.bytes_out += n
 
 
-def arm_reset(sock: trio.socket.SocketType) -> None:
+def arm_reset(sock: socket.socket) -> None:
     """Make the coming close() show the peer a reset rather than a clean end."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
@@ -89,8 +102,8 @@ class TcpProxy:
     def _error(self, event: str, backend: Backend | None, reason: str) -> None:
         self.on_error(event, backend, reason, self.listener.name)
 
-    async def handle(self, client: trio.socket.SocketType, peer: object) -> None:
-        upstream: trio.socket.SocketType | None = None
+    async def handle(self, client: socket.socket, peer: object) -> None:
+        upstream: socket.socket | None = None
         try:
             key = peer[0] if isinstance(peer, tuple) else ""
             picked = await self.connect(str(key))
@@ -107,7 +120,7 @@ class TcpProxy:
             if upstream is not None:
                 upstream.close()
 
-    async def connect(self, key: str) -> tuple[trio.socket.SocketType, Backend] | None:
+    async def connect(self, key: str) -> tuple[socket.socket, Backend] | None:
         """Try usable backends in the balancer's order until one accepts; None if none do."""
         tried: set[Backend] = set()
         deadline = trio.current_time() + self.timeouts.connect
@@ -129,15 +142,27 @@ class TcpProxy:
     def _full_but_eligible(self, tried: set[Backend]) -> bool:
         return any(b.eligible and not b.has_capacity and b not in tried for b in self.pool.backends)
 
-    async def _open(self, backend: Backend) -> trio.socket.SocketType | None:
-        """Connect to `backend`. The connection counts on it from the first moment."""
+    async def _open(self, backend: Backend) -> socket.socket | None:
+        """Connect to `backend`. The connection counts on it from the first moment.
+
+        A plain non-blocking socket rather than trio's wrapper: this is once per
+        connection, and the wrapper's address re-resolution and bookkeeping measured
+        a sizeable share of the new-connection cost.
+        """
         self.model.connection_started(backend)
         sock = None
         try:
-            family, sockaddr = await _resolve(backend.address)
-            sock = trio.socket.socket(family, socket.SOCK_STREAM)
-            with trio.fail_after(self.timeouts.connect):
-                await sock.connect(sockaddr)
+            family, sockaddr = backend.sockaddr or await _resolve(backend.address)
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            err = sock.connect_ex(sockaddr)
+            if err == errno.EINPROGRESS:
+                with trio.move_on_after(self.timeouts.connect) as waited:
+                    await wait_writable(sock.fileno())
+                if waited.cancelled_caught:
+                    raise trio.TooSlowError
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, trio.TooSlowError) as exc:
             if sock is not None:
@@ -158,9 +183,7 @@ class TcpProxy:
         if backend.max_connections:
             self.capacity.unpark_all()
 
-    async def relay(
-        self, client: trio.socket.SocketType, upstream: trio.socket.SocketType, backend: Backend
-    ) -> None:
+    async def relay(self, client: socket.socket, upstream: socket.socket, backend: Backend) -> None:
         """Pump both ways; `backend` already counts this connection (see `_open`)."""
         conn = Connection(backend)
         self.connections.add(conn)
@@ -178,12 +201,15 @@ class TcpProxy:
 
     async def _direction(
         self,
-        src: trio.socket.SocketType,
-        dst: trio.socket.SocketType,
+        src: socket.socket,
+        dst: socket.socket,
         conn: Connection,
         upstream: bool,
         scope: trio.CancelScope,
     ) -> None:
+        if not upstream:
+            # The backend has not seen the request yet: skip the readv bound to fail.
+            await wait_readable(src.fileno())
         if await self.pump(src, dst, conn, upstream) is End.RESET:
             # Either peer is gone abruptly: show it to the other one as a reset too.
             # Closing happens in handle(), after both directions have stopped.
@@ -193,9 +219,6 @@ class TcpProxy:
 
 
 async def _resolve(address: Address) -> tuple[int, tuple[str, int]]:
-    if address.is_literal:
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        return family, (address.host, address.port)
     infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
     if not infos:
         raise OSError(errno.EHOSTUNREACH, f"cannot resolve {address.host}")

@@ -10,8 +10,8 @@ The splice pump moves bytes kernel-side through a pipe leased from a shared pool
 chunk; the pipe is always drained before it is returned, so EAGAIN on the socket->pipe
 splice can only mean the socket is empty.
 
-A pump returns how the direction ended: EOF (the peer half-closed; the other side got
-`shutdown(SHUT_WR)`) or RESET (a peer reset, or the destination is gone).
+A pump returns how the direction ended: EOF (the source half-closed; the meter was told,
+to pass it on) or RESET (a peer reset, or the destination is gone).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
 
 CHUNK = 65536
@@ -39,8 +38,12 @@ class Meter(Protocol):
 
     def moved(self, upstream: bool, n: int) -> None: ...
 
+    def ended(self, dst: socket.socket) -> None:
+        """The source sent EOF: pass the half-close on to `dst` (as the meter decides)."""
 
-Pump = Callable[[trio.socket.SocketType, trio.socket.SocketType, Meter, bool], Awaitable[End]]
+
+Pump = Callable[[socket.socket, socket.socket, Meter, bool], Awaitable[End]]
+"""(src, dst, meter, upstream) -> how the direction ended. Sockets are non-blocking."""
 
 
 class BufferPool:
@@ -62,17 +65,8 @@ class BufferPool:
 _RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
 
-def _half_close(sock: trio.socket.SocketType) -> None:
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass  # already gone; the other direction will find out
-
-
 def make_copy_pump(buffers: BufferPool) -> Pump:
-    async def copy(
-        src: trio.socket.SocketType, dst: trio.socket.SocketType, meter: Meter, upstream: bool
-    ) -> End:
+    async def copy(src: socket.socket, dst: socket.socket, meter: Meter, upstream: bool) -> End:
         src_fd, dst_fd = src.fileno(), dst.fileno()
         readv, write, get, put = os.readv, os.write, buffers.get, buffers.put
         while True:
@@ -88,7 +82,7 @@ def make_copy_pump(buffers: BufferPool) -> Pump:
                 return End.RESET
             if n == 0:
                 put(buf)
-                _half_close(dst)
+                meter.ended(dst)
                 return End.EOF
             view = memoryview(buf)
             sent = 0
@@ -144,9 +138,7 @@ SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK"
 
 
 def make_splice_pump(pipes: PipePool) -> Pump:
-    async def splice(
-        src: trio.socket.SocketType, dst: trio.socket.SocketType, meter: Meter, upstream: bool
-    ) -> End:
+    async def splice(src: socket.socket, dst: socket.socket, meter: Meter, upstream: bool) -> End:
         src_fd, dst_fd = src.fileno(), dst.fileno()
         do_splice, flags, chunk = os.splice, SPLICE_FLAGS, pipes.size
         while True:
@@ -162,7 +154,7 @@ def make_splice_pump(pipes: PipePool) -> Pump:
                 return End.RESET
             if n == 0:
                 pipes.put(pipe)
-                _half_close(dst)
+                meter.ended(dst)
                 return End.EOF
             left = n
             try:
