@@ -27,7 +27,14 @@ from tuilb.errors import StartupError
 from tuilb.log import Log, RateLimit, null_log
 from tuilb.model import Backend, Event, Model
 from tuilb.proxy.l4 import FD_ERRNOS, Connection, TcpProxy
-from tuilb.proxy.pump import BufferPool, PipePool, Pump, make_copy_pump, make_splice_pump
+from tuilb.proxy.pump import (
+    CHUNK,
+    BufferPool,
+    PipePool,
+    Pump,
+    make_copy_pump,
+    make_splice_pump,
+)
 
 # Accept errors that concern one connection that died in the queue, not the listener.
 _TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
@@ -52,6 +59,7 @@ class Engine:
         self._sockets: list[tuple[ListenerConfig, socket.socket]] | None = None
         self._limit = RateLimit(1.0)
         self._buffers = BufferPool()
+        self._bulk_buffers = BufferPool(4 * CHUNK, keep=64)
         self._pipes = PipePool()
         self._balancers = {name: balance.make(p.algorithm) for name, p in config.pools.items()}
         self._capacity = {name: trio.lowlevel.ParkingLot() for name in config.pools}
@@ -164,7 +172,7 @@ class Engine:
         pump: Pump = (
             make_splice_pump(self._pipes)
             if listener.pump == "splice"
-            else make_copy_pump(self._buffers)
+            else make_copy_pump(self._buffers, self._bulk_buffers)
         )
         return TcpProxy(
             listener,

@@ -65,23 +65,29 @@ class BufferPool:
 _RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
 
-def make_copy_pump(buffers: BufferPool) -> Pump:
+def make_copy_pump(buffers: BufferPool, bulk: BufferPool | None = None) -> Pump:
+    """`bulk` (larger buffers) is used while reads keep filling the small ones: a
+    transfer in full flow then pays the per-chunk costs (checkpoint, epoll) 4x less."""
+    big = bulk if bulk is not None else BufferPool(CHUNK * 4, keep=64)
+
     async def copy(src: socket.socket, dst: socket.socket, meter: Meter, upstream: bool) -> End:
         src_fd, dst_fd = src.fileno(), dst.fileno()
-        readv, write, get, put = os.readv, os.write, buffers.get, buffers.put
+        readv, write = os.readv, os.write
+        pool = buffers
         while True:
-            buf = get()
+            buf = pool.get()
             try:
                 n = readv(src_fd, [buf])
             except BlockingIOError:
-                put(buf)
+                pool.put(buf)
+                pool = buffers
                 await wait_readable(src_fd)
                 continue
             except _RESETS:
-                put(buf)
+                pool.put(buf)
                 return End.RESET
             if n == 0:
-                put(buf)
+                pool.put(buf)
                 meter.ended(dst)
                 return End.EOF
             view = memoryview(buf)
@@ -93,8 +99,10 @@ def make_copy_pump(buffers: BufferPool) -> Pump:
                     await wait_writable(dst_fd)
                 except _RESETS:
                     return End.RESET
-            put(buf)
+            pool.put(buf)
             meter.moved(upstream, n)
+            # A full buffer means more is waiting: take the big ones until a read falls short.
+            pool = big if n == pool.size else buffers
             await checkpoint()
 
     return copy
