@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from tests.conftest import (
     close_cleanly,
     config_text,
     connect,
+    echo,
     exchange,
     named,
     recv_line,
@@ -198,14 +200,19 @@ class Headless:
 
 
 async def start_headless(
-    nursery: trio.Nursery, path: Path, fmt: str = "text"
+    nursery: trio.Nursery, path: Path, fmt: str = "text", max_fds: int | None = None
 ) -> tuple[Headless, int]:
+    def limit() -> None:
+        if max_fds is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
     process = await trio.lowlevel.open_process(
         [*TUILB, "run", str(path), "--headless", "--log-format", fmt],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
+        preexec_fn=limit,
     )
 
     async def reap() -> None:
@@ -295,3 +302,47 @@ async def test_sigterm_as_soon_as_listening_is_logged_is_still_graceful(nursery,
         status = await headless.finish()
     assert status == 0, f"exit status {status}: {headless.raw}"
     assert headless.events()[-1] == "stopped"
+
+
+async def test_out_of_descriptors_keeps_serving_and_does_not_flood_the_log(nursery, tmp_path):
+    server = await start_server(nursery, echo, "b1")
+    path = tmp_path / "front.conf"
+    path.write_text(config_text([server.port]))
+    headless, port = await start_headless(nursery, path, "json", max_fds=40)
+    exhaustion = ("accept_failed", "connection_error")
+    socks = []
+    try:
+        with trio.fail_after(10):
+            first = await connect(port)
+            socks.append(first)
+            await exchange(first, b"served before the storm")
+            # Each proxied connection costs tuilb two descriptors: 40 clients exhaust 40.
+            for _ in range(40):
+                socks.append(await connect(port))
+            while True:
+                record = await headless.next_record()
+                assert record is not None, headless.raw
+                if record["event"] in exhaustion:
+                    break
+            assert "too many open files" in record["cause"]
+            # The connections it already had keep working through the storm.
+            await exchange(first, b"served during the storm")
+    finally:
+        for sock in socks:
+            sock.close()
+    with trio.fail_after(10):
+        # Descriptors are free again: new connections are served.
+        while True:
+            sock = await connect(port)
+            try:
+                await exchange(sock, b"served after the storm")
+                break
+            except (ConnectionResetError, AssertionError):
+                sock.close()  # a queued client that tuilb closed while it was short
+        await close_cleanly(sock)
+        headless.process.send_signal(signal.SIGTERM)
+        assert await headless.finish() == 0, headless.raw
+    warnings = [r for r in headless.records if r["event"] in exhaustion]
+    # Rate-limited: about one line a second per kind, whatever the number of failures.
+    assert 1 <= len(warnings) <= 6, [headless.raw]
+    assert "Traceback" not in "\n".join(headless.raw)

@@ -251,10 +251,13 @@ class Model:
         if backend.active == 0 and backend.admin is AdminState.DRAINING:
             self.record(backend.target, "drained", "draining", "drained", "last connection closed")
 
-    def connection_aborted(self, backend: Backend, reason: str) -> None:
-        """The connect for a started connection failed: undo the start, count the failure."""
+    def connection_aborted(self, backend: Backend, reason: str | None = None) -> None:
+        """A started connection never got connected: undo the start. With a `reason` the
+        backend failed the connect, and that is counted on it; without one the cause was
+        ours (cancelled, out of descriptors)."""
         backend.total -= 1
-        self.connect_failed(backend, reason)
+        if reason is not None:
+            self.connect_failed(backend, reason)
         self.connection_ended(backend)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:

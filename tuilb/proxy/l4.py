@@ -27,6 +27,13 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
+class _LocalError(Exception):
+    """A failure of this process (no descriptors left), not of the backend."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+
 class Connection:
     """One proxied connection: what the idle sweeper and the counters need."""
 
@@ -111,6 +118,8 @@ class TcpProxy:
                 return
             upstream, backend = picked
             await self.relay(client, upstream, backend)
+        except _LocalError as exc:
+            self._error("connection_error", None, describe(exc.error))
         except OSError as exc:
             self._error("connection_error", None, describe(exc))
         except Exception as exc:  # one connection must never end the engine
@@ -153,7 +162,11 @@ class TcpProxy:
         sock = None
         try:
             family, sockaddr = backend.sockaddr or await _resolve(backend.address)
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            except OSError as exc:
+                # Out of descriptors is our problem, not the backend's: no failure on it.
+                raise _LocalError(exc) from None
             err = sock.connect_ex(sockaddr)
             if err == errno.EINPROGRESS:
                 with trio.move_on_after(self.timeouts.connect) as waited:
@@ -174,7 +187,7 @@ class TcpProxy:
         except BaseException:
             if sock is not None:
                 sock.close()
-            self.model.connection_ended(backend)
+            self.model.connection_aborted(backend)
             self._release(backend)
             raise
         return sock
