@@ -6,11 +6,13 @@ module allowed to import both.)
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import AsyncIterator
 
 import trio
 
+from tuilb import __version__
 from tuilb.config import Config
 from tuilb.engine import Engine
 from tuilb.log import Log
@@ -26,6 +28,7 @@ async def _watch_signals(engine: Engine, log: Log, signals: AsyncIterator[int]) 
 
 
 async def serve_headless(config: Config, log: Log) -> None:
+    log("starting", version=__version__, config=config.source, pid=os.getpid())
     engine = Engine(config, log=log)
     # Handlers go in before anything is logged: a SIGTERM sent as soon as "listening"
     # appears must still mean a graceful shutdown.
