@@ -253,8 +253,9 @@ async def test_headless_proxies_then_stops_on_sigterm(nursery, tmp_path, fmt):
     assert events[-1] == "stopped"
     assert server.accepted == 1 and server.conns[0].data == b"through the subprocess"
     assert "Traceback" not in "\n".join(headless.raw)
-    first = headless.records[0]
-    assert first["listener"] == "front" and first["protocol"] == "tcp"
+    starting, listening = headless.records[0], headless.records[1]
+    assert starting["event"] == "starting" and starting["config"] == str(path)
+    assert listening["listener"] == "front" and listening["protocol"] == "tcp"
     signal_record = headless.records[events.index("signal")]
     assert signal_record["signal"] == "SIGTERM"
     for record in headless.records:
