@@ -253,9 +253,9 @@ async def test_headless_proxies_then_stops_on_sigterm(nursery, tmp_path, fmt):
     assert events[-1] == "stopped"
     assert server.accepted == 1 and server.conns[0].data == b"through the subprocess"
     assert "Traceback" not in "\n".join(headless.raw)
-    starting, listening = headless.records[0], headless.records[1]
-    assert starting["event"] == "starting" and starting["config"] == str(path)
+    listening, started = headless.records[0], headless.records[1]
     assert listening["listener"] == "front" and listening["protocol"] == "tcp"
+    assert started["event"] == "started" and started["config"] == str(path)
     signal_record = headless.records[events.index("signal")]
     assert signal_record["signal"] == "SIGTERM"
     for record in headless.records:

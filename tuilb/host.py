@@ -28,12 +28,12 @@ async def _watch_signals(engine: Engine, log: Log, signals: AsyncIterator[int]) 
 
 
 async def serve_headless(config: Config, log: Log) -> None:
-    log("starting", version=__version__, config=config.source, pid=os.getpid())
     engine = Engine(config, log=log)
     # Handlers go in before anything is logged: a SIGTERM sent as soon as "listening"
     # appears must still mean a graceful shutdown.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         await engine.bind()  # outside the nursery: a port in use is a StartupError, not a group
+        log("started", version=__version__, config=config.source, pid=os.getpid())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, engine, log, signals)
             await engine.run()  # returns once shutdown has finished
