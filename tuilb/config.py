@@ -76,11 +76,18 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class UiConfig:
+    theme: str = "tuilb-dark"
+    refresh: float = 2.0  # dashboard snapshots per second
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
     pools: dict[str, PoolConfig]
     timeouts: Timeouts
     source: str = "<config>"
+    ui: UiConfig = UiConfig()
 
     def summary(self) -> str:
         n_backends = sum(len(p.backends) for p in self.pools.values())
@@ -241,13 +248,27 @@ class _Checker:
         return value
 
     def config(self, data: dict[str, Any], source: str) -> Config | None:
-        self.table(data, (), ("listeners", "pools", "timeouts"))
+        self.table(data, (), ("listeners", "pools", "timeouts", "ui"))
         pools = self.pools(data.get("pools"))
         listeners = self.listeners(data.get("listeners"), pools)
         timeouts = self.timeouts(data.get("timeouts", {}))
+        ui = self.ui(data.get("ui", {}))
         if self.problems:
             return None
-        return Config(listeners=listeners, pools=pools, timeouts=timeouts, source=source)
+        return Config(listeners=listeners, pools=pools, timeouts=timeouts, source=source, ui=ui)
+
+    def ui(self, value: object) -> UiConfig:
+        path: KeyPath = ("ui",)
+        table = self.table(value, path, ("theme", "refresh"))
+        defaults = UiConfig()
+        theme = self.get(table, "theme", path, str, defaults.theme)
+        refresh = self.get(table, "refresh", path, (int, float), defaults.refresh)
+        if not 0.2 <= refresh <= 30:
+            self.problem((*path, "refresh"), f"{refresh} is out of range 0.2..30 per second")
+            refresh = defaults.refresh
+        # The theme name is checked against the installed themes when the dashboard starts:
+        # validating here would need the UI stack, which `check` and headless never load.
+        return UiConfig(theme, float(refresh))
 
     def timeouts(self, value: object) -> Timeouts:
         path: KeyPath = ("timeouts",)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tuilb.config import MAX_WEIGHT
 from tuilb.errors import CommandError
-from tuilb.model import AdminState, Backend, Model
+from tuilb.model import AdminState, Backend, Model, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +146,26 @@ def apply(model: Model, command: Command, source: str = "operator") -> str:
     if not model.set_admin(backend, state, cause):
         return f"{backend.target}: already {state}"
     return f"{backend.target}: {state}"
+
+
+def empties_pool(snapshot: Snapshot, command: Command) -> str | None:
+    """If `command` would leave its pool with no eligible backend, the pool's name.
+
+    The dashboard asks for an explicit confirmation then: traffic to that pool would fail.
+    """
+    if isinstance(command, Enable):
+        return None
+    pool_name, _, name = command.target.partition("/")
+    for pool in snapshot.pools:
+        if pool.name != pool_name:
+            continue
+        me = next((b for b in pool.backends if b.name == name), None)
+        if me is None or not me.eligible:
+            return None
+        if isinstance(command, SetWeight):
+            weight = me.weight + command.weight if command.relative else command.weight
+            if weight > 0:
+                return None
+        if not any(b.eligible for b in pool.backends if b.name != name):
+            return pool.name
+    return None

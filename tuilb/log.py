@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
@@ -60,6 +62,32 @@ class StreamLog:
             self.stream.flush()
         except (OSError, ValueError):
             pass  # stderr closed or full: logging must never take the engine down
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: int
+    ts: float
+    level: str
+    event: str
+    fields: dict[str, Any]
+
+
+class MemoryLog:
+    """A Log that keeps the last `capacity` records for the dashboard to pull."""
+
+    def __init__(self, capacity: int = 500, clock: Any = time.time) -> None:
+        self.records: deque[Record] = deque(maxlen=capacity)
+        self.clock = clock
+        self._next = 1
+
+    def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
+        record = {k.rstrip("_"): v for k, v in fields.items() if v is not None}
+        self.records.append(Record(self._next, self.clock(), level, event, record))
+        self._next += 1
+
+    def since(self, last_id: int) -> list[Record]:
+        return [r for r in self.records if r.id > last_id]
 
 
 class RateLimit:

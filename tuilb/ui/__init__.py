@@ -1,0 +1,1 @@
+"""The Textual dashboard. Never imported in headless mode; never touches sockets."""

@@ -1,0 +1,426 @@
+"""The operations console: a Textual app that pulls snapshots and sends commands.
+
+The app never touches sockets and never calls the engine except through its `Bridge`.
+It reads a snapshot on a timer (`[ui] refresh` per second), skips the work when nothing
+changed, and updates only the table cells that did: in one process every repaint is
+time the proxy does not run.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, ClassVar
+
+from rich.console import Group
+from rich.text import Text
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Input, RichLog, Sparkline, Static
+
+from tuilb import control
+from tuilb.errors import CommandError
+from tuilb.model import AdminState, BackendSnapshot, Event, Snapshot
+from tuilb.stats import RateTracker, human_bytes
+from tuilb.ui import themes
+from tuilb.ui.bridge import Bridge
+from tuilb.ui.keymap import KEYS
+from tuilb.ui.screens import Confirm, Details, Help, WeightInput
+from tuilb.ui.table import BackendTable
+from tuilb.ui.text import clean, safe
+
+EVENT_STYLE = {"state": "cyan", "weight": "magenta", "health": "yellow", "drained": "green"}
+
+
+class TuilbApp(App[int]):
+    CSS_PATH = "tuilb.tcss"
+    TITLE = "tuilb"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *(
+            Binding(k.keys, k.action, k.label, show=k.footer, priority=k.action == "quit")
+            for k in KEYS
+        ),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self, bridge: Bridge, theme: str | None = None) -> None:
+        super().__init__()
+        self.bridge = bridge
+        self.available = themes.load_themes()
+        self.initial_theme = themes.validate_theme_name(
+            theme or themes.DEFAULT_THEME, list(self.available)
+        )
+        self.tracker = RateTracker()
+        self.needle = ""
+        self.drain_start: dict[str, int] = {}
+        self.last_event = 0
+        self.last_record = 0
+        self.last_pools: Any = None
+        self.snap: Snapshot | None = None
+        self.status = ""
+        self.frozen = False
+
+    # -- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(id="summary")
+        yield BackendTable()
+        with Horizontal(id="lower"):
+            with Vertical(id="sparks"):
+                yield Static("traffic", id="traffic-label")
+                yield Sparkline([], id="traffic")
+                yield Static("new connections/s", id="rate-label")
+                yield Sparkline([], id="rate")
+            yield RichLog(id="events", max_lines=500, wrap=False, markup=False)
+        yield Input(placeholder="filter rows (Enter to apply, Esc to clear)", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for theme in self.available.values():
+            self.register_theme(theme)
+        self.theme = self.initial_theme
+        for extra in self.bridge.extras:
+            self.bind(extra.key, f"extra('{extra.name}')", description=extra.name)
+        self.query_one("#filter", Input).display = False
+        on_finished = getattr(self.bridge, "on_finished", "absent")
+        if on_finished != "absent":
+            self.bridge.on_finished = self._engine_finished  # type: ignore[attr-defined]
+        start = getattr(self.bridge, "start", None)
+        if start is not None and not getattr(self.bridge, "started", True):
+            start()
+        self.refresh_data()
+        self.set_interval(1 / self.bridge.config.ui.refresh, self.refresh_data)
+
+    # -- pulling data -------------------------------------------------------------------------
+    def refresh_data(self) -> None:
+        snap = self.bridge.snapshot()
+        self.snap = snap
+        self.tracker.feed(snap)
+        moving = any(
+            r.connections or r.bytes_in or r.bytes_out for r in self.tracker.rates.values()
+        )
+        if snap.pools != self.last_pools or moving:
+            self.last_pools = snap.pools
+            self._track_drains(snap)
+            self.query_one(BackendTable).show(snap, self.tracker, self.drain_start, self.needle)
+            self._update_sparks()
+        self._update_summary(snap)
+        self._pull_events()
+        if not self.frozen:
+            # Built once: Textual roughly doubles the heap, and full collections that walk
+            # it took ~15 ms, all of it time the proxy would not run.
+            gc.freeze()
+            self.frozen = True
+
+    def _track_drains(self, snap: Snapshot) -> None:
+        for pool in snap.pools:
+            for b in pool.backends:
+                target = f"{pool.name}/{b.name}"
+                if b.state is AdminState.DRAINING:
+                    self.drain_start[target] = max(
+                        self.drain_start.get(target, 0), b.active_connections
+                    )
+                else:
+                    self.drain_start.pop(target, None)
+
+    def _update_summary(self, snap: Snapshot) -> None:
+        config = self.bridge.config
+        listeners = Text("listeners ", style="bold")
+        for i, listener in enumerate(config.listeners):
+            if i:
+                listeners.append("  ")
+            listeners.append(clean(listener.name), style="bold")
+            listeners.append(clean(f" {listener.protocol} {listener.bind} -> {listener.pool}"))
+        active = sum(b.active_connections for p in snap.pools for b in p.backends)
+        totals = self.tracker.totals
+        line = Text.assemble(
+            ("active ", "bold"),
+            str(active),
+            ("   conn/s ", "bold"),
+            f"{totals.connections:.1f}",
+            ("   errors/s ", "bold"),
+            (f"{totals.failures:.1f}", "bold red" if totals.failures else ""),
+            ("   traffic ", "bold"),
+            f"{human_bytes(totals.bytes_in)}/s in, {human_bytes(totals.bytes_out)}/s out",
+        )
+        pools = Text("pools ", style="bold")
+        for i, pool in enumerate(snap.pools):
+            eligible = sum(b.eligible for b in pool.backends)
+            style = "bold red" if eligible == 0 else ""
+            pools.append(("  " if i else "") + clean(f"{pool.name} ({pool.algorithm}) "))
+            pools.append(f"{eligible}/{len(pool.backends)} eligible", style=style)
+            if pool.refused:
+                pools.append(f", {pool.refused} refused", style="red")
+        parts: list[Text] = [listeners, line, pools]
+        if self.bridge.stopping:
+            parts.append(
+                Text(
+                    f"SHUTTING DOWN: {active} connection(s) finishing "
+                    f"(up to {config.timeouts.shutdown_grace:g}s); "
+                    "q again closes them now",
+                    style="bold reverse yellow",
+                )
+            )
+        elif self.status:
+            parts.append(Text(self.status, style="bold"))
+        self.query_one("#summary", Static).update(Group(*parts))
+
+    def _update_sparks(self) -> None:
+        target = self.query_one(BackendTable).selected
+        traffic = list(self.tracker.traffic.get(target or "", []))
+        rate = list(self.tracker.connection_rate.get(target or "", []))
+        self.query_one("#traffic", Sparkline).data = traffic or [0.0]
+        self.query_one("#rate", Sparkline).data = rate or [0.0]
+        now = human_bytes(traffic[-1]) if traffic else "0"
+        self.query_one("#traffic-label", Static).update(safe(f"{target or '-'}  traffic {now}/s"))
+        self.query_one("#rate-label", Static).update(
+            safe(f"new connections/s {rate[-1]:.1f}" if rate else "new connections/s -")
+        )
+
+    def _pull_events(self) -> None:
+        log = self.query_one("#events", RichLog)
+        for event in self.bridge.events_since(self.last_event):
+            self.last_event = event.id
+            log.write(event_line(event))
+        records = getattr(self.bridge, "log", None)
+        if records is not None:
+            for record in records.since(self.last_record):
+                self.last_record = record.id
+                if record.level != "info":
+                    log.write(
+                        Text.assemble(
+                            (time.strftime("%H:%M:%S ", time.localtime(record.ts)), "dim"),
+                            (clean(record.event), "bold red"),
+                            " ",
+                            clean(" ".join(f"{k}={v}" for k, v in record.fields.items())),
+                        )
+                    )
+
+    def on_data_table_row_highlighted(self) -> None:
+        self._update_sparks()
+
+    def on_data_table_row_selected(self) -> None:
+        self.action_details()
+
+    # -- commands -----------------------------------------------------------------------------
+    def _target(self) -> str | None:
+        target = self.query_one(BackendTable).selected
+        if target is None:
+            self.notify("No backend selected.", severity="warning")
+        return target
+
+    def submit(self, command: control.Command, source: str = "keyboard") -> None:
+        """Send `command`, asking first when it would leave a pool with nothing to serve."""
+        snap = self.snap or self.bridge.snapshot()
+        pool = control.empties_pool(snap, command)
+        if pool is None:
+            self._send(command, source)
+            return
+        question = safe(
+            f"{command.target} is the last eligible backend of pool {pool!r}. "
+            f"Traffic to {pool!r} will FAIL. Go ahead?"
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._send(command, source)
+
+        self.push_screen(Confirm(question, warning=True), answered)
+
+    def _send(self, command: control.Command, source: str) -> None:
+        def done(message: str | None, error: str | None) -> None:
+            if error is not None:
+                self.notify(clean(error), severity="error")
+            else:
+                self.notify(clean(message or ""))
+            self.refresh_data()
+
+        self.bridge.submit(command, done, source)  # type: ignore[call-arg]
+
+    def action_drain(self) -> None:
+        if (target := self._target()) is not None:
+            self.submit(control.Drain(target))
+
+    def action_enable(self) -> None:
+        if (target := self._target()) is not None:
+            self.submit(control.Enable(target))
+
+    def action_disable(self) -> None:
+        target = self._target()
+        if target is None:
+            return
+        command = control.Disable(target)
+        if control.empties_pool(self.snap or self.bridge.snapshot(), command):
+            self.submit(command)  # the pool warning is the confirmation
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._send(command, "keyboard")
+
+        self.push_screen(
+            Confirm(
+                safe(f"Disable {target}? It takes no new connections (open ones are not cut).")
+            ),
+            answered,
+        )
+
+    def action_weight_step(self, delta: int) -> None:
+        if (target := self._target()) is not None:
+            self.submit(control.SetWeight(target, delta, relative=True))
+
+    def action_weight_input(self) -> None:
+        target = self._target()
+        if target is None:
+            return
+        current = self._backend(target).weight
+
+        def entered(value: str | None) -> None:
+            if value is None:
+                return
+            try:
+                self.submit(control.build("weight", [target, value]))
+            except CommandError as exc:
+                self.notify(clean(exc), severity="error")
+
+        self.push_screen(WeightInput(target, current), entered)
+
+    def action_extra(self, name: str) -> None:
+        if (target := self._target()) is None:
+            return
+
+        def done(message: str | None, error: str | None) -> None:
+            self.notify(clean(error or message or ""), severity="error" if error else "information")
+
+        self.bridge.run_extra(name, target, done)
+
+    def _backend(self, target: str) -> BackendSnapshot:
+        return (self.snap or self.bridge.snapshot()).backend(target)
+
+    # -- views --------------------------------------------------------------------------------
+    def action_details(self) -> None:
+        target = self._target()
+        if target is None:
+            return
+
+        def read() -> tuple[BackendSnapshot, list[Event]]:
+            events = [e for e in self.bridge.events_since(0) if e.target == target]
+            return self.bridge.snapshot().backend(target), events
+
+        self.push_screen(Details(target, read))
+
+    def action_help(self) -> None:
+        extra = [(e.key, e.help) for e in self.bridge.extras]
+        self.push_screen(Help(extra))
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            self._apply_filter(event.value)
+
+    def action_clear_filter(self) -> None:
+        self._apply_filter("")
+
+    def _apply_filter(self, needle: str) -> None:
+        self.needle = needle.strip()
+        box = self.query_one("#filter", Input)
+        box.value = self.needle
+        box.display = bool(self.needle)
+        table = self.query_one(BackendTable)
+        table.focus()
+        if self.snap is not None:
+            table.show(self.snap, self.tracker, self.drain_start, self.needle)
+        self.status = f"filter: {self.needle}" if self.needle else ""
+
+    def action_cursor(self, step: int) -> None:
+        table = self.query_one(BackendTable)
+        table.move_cursor(row=max(0, table.cursor_row + step))
+
+    def action_cycle_theme(self) -> None:
+        self.theme = themes.next_theme(self.theme)
+        self.notify(f"theme: {self.theme}")
+
+    # -- quitting -----------------------------------------------------------------------------
+    async def action_quit(self) -> None:
+        if self.bridge.stopping:
+            self.bridge.shutdown()  # the second time: close what is left now
+            return
+        active = self.bridge.active_connections()
+        if active == 0:
+            self._begin_shutdown()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._begin_shutdown()
+
+        grace = self.bridge.config.timeouts.shutdown_grace
+        self.push_screen(
+            Confirm(
+                safe(
+                    f"{active} connection(s) are open. Quit? tuilb stops "
+                    f"accepting and lets them finish (up to {grace:g}s)."
+                ),
+                warning=True,
+            ),
+            answered,
+        )
+
+    def shutdown_requested(self, why: str) -> None:
+        """From the host: a signal arrived. Same path as the quit key."""
+        if self.bridge.stopping:
+            self.bridge.shutdown()
+        else:
+            self._begin_shutdown()
+        self.status = f"{why}: shutting down"
+
+    def _begin_shutdown(self) -> None:
+        self.bridge.shutdown()
+        if not getattr(self.bridge, "running", False):
+            self.exit(0)  # nothing to wait for (a bridge without an engine run)
+            return
+        if self.snap is not None:
+            self._update_summary(self.snap)
+
+    def _engine_finished(self, result: Any) -> None:
+        """The engine's run ended (shutdown done, or a failure): leave the UI."""
+        failed = getattr(result, "error", None) is not None
+        self.exit(1 if failed else 0)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Any:
+        yield from super().get_system_commands(screen)
+        tables = self.query(BackendTable)
+        target = tables.first().selected if tables else None
+        if target is not None:
+            for name, spec in control.REGISTRY.items():
+                if name == "weight":
+                    continue
+                action = getattr(self, f"action_{name}")
+                yield SystemCommand(f"{name.capitalize()} {clean(target)}", spec.help, action)
+            yield SystemCommand(
+                f"Weight of {clean(target)}...",
+                control.REGISTRY["weight"].help,
+                self.action_weight_input,
+            )
+            yield SystemCommand(
+                f"Details of {clean(target)}", "Counters and recent events.", self.action_details
+            )
+        yield SystemCommand("Filter rows", "Show only matching backends.", self.action_filter)
+        yield SystemCommand("Next theme", "Cycle the colour theme.", self.action_cycle_theme)
+        yield SystemCommand("Keys", "Every key with its help.", self.action_help)
+
+
+def event_line(event: Event) -> Text:
+    return Text.assemble(
+        (time.strftime("%H:%M:%S ", time.localtime(event.ts)), "dim"),
+        (clean(event.target), "bold"),
+        " ",
+        (clean(f"{event.kind}: {event.old} -> {event.new}"), EVENT_STYLE.get(event.kind, "")),
+        ("  " + clean(event.cause), "italic"),
+    )

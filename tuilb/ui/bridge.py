@@ -1,0 +1,49 @@
+"""What the dashboard may ask of the engine, and nothing more.
+
+The UI holds a `Bridge`: it reads snapshots and events, submits commands, and asks for
+shutdown. `tuilb.host` implements it over the trio guest run; tests implement it over a
+bare model. Commands go through the same `control` registry as every other entry point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tuilb.config import Config
+from tuilb.control import Command
+from tuilb.model import Event, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """An action the host offers beyond the command registry (e.g. the demo's fail key)."""
+
+    key: str
+    name: str
+    help: str
+
+
+class Bridge(Protocol):
+    config: Config
+    extras: tuple[Extra, ...]
+
+    def snapshot(self) -> Snapshot: ...
+
+    def events_since(self, last_id: int) -> list[Event]: ...
+
+    def submit(self, command: Command, done: Callable[[str | None, str | None], None]) -> None:
+        """Apply `command` soon; then `done(message, error)` is called on the UI's thread."""
+
+    def run_extra(
+        self, name: str, target: str, done: Callable[[str | None, str | None], None]
+    ) -> None: ...
+
+    def active_connections(self) -> int: ...
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (idempotent; a second call cuts connections)."""
+
+    @property
+    def stopping(self) -> bool: ...
