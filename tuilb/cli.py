@@ -15,6 +15,7 @@ from tuilb.log import FORMATS, StreamLog
 
 if TYPE_CHECKING:
     from tuilb.demo import Demo
+    from tuilb.engine import Engine
     from tuilb.host import Companion, ExtraHandler, GuestBridge
     from tuilb.ui.bridge import Extra
 
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         demo = Demo(rate=args.rate)
         config = demo.config
-        companions.append(demo.run)
+        companions.append(_demo_companion(demo))
         extras.append(_demo_extra(demo))
     else:
         loaded = _load(args.config)
@@ -129,6 +130,14 @@ def _dashboard(bridge: GuestBridge, theme: str | None) -> int:
     print("tuilb: the engine failed:", file=sys.stderr)
     traceback.print_exception(error)
     return 1
+
+
+def _demo_companion(demo: Demo) -> Companion:
+    async def run(engine: Engine) -> None:
+        engine.before_shutdown.append(demo.stop_traffic)  # its own load must not hold it up
+        await demo.run(engine)
+
+    return run
 
 
 def _demo_extra(demo: Demo) -> tuple[Extra, ExtraHandler]:

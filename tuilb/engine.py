@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import gc
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,8 @@ class Engine:
         self.bound: list[Bound] = []
         self._shutdown = trio.Event()
         self._conn_scope: trio.CancelScope | None = None
+        # Called once when shutdown begins, e.g. the demo stops its own traffic.
+        self.before_shutdown: list[Callable[[], None]] = []
         self._sockets: list[tuple[ListenerConfig, socket.socket]] | None = None
         self._limit = RateLimit(1.0)
         self._buffers = BufferPool()
@@ -68,7 +71,10 @@ class Engine:
     # -- control from outside (same thread as trio) ----------------------------------------
     def request_shutdown(self) -> None:
         """Stop accepting; in-flight connections get `shutdown_grace`. A second call cuts them."""
-        if self._shutdown.is_set() and self._conn_scope is not None:
+        if not self._shutdown.is_set():
+            for hook in self.before_shutdown:
+                hook()
+        elif self._conn_scope is not None:
             self.log("shutdown", "warning", cause="second request: closing all connections now")
             self._conn_scope.cancel()
         self._shutdown.set()

@@ -161,6 +161,12 @@ class GuestBridge:
     def events_since(self, last_id: int) -> list[Event]:
         return self.engine.model.events_since(last_id)
 
+    def listening(self) -> dict[str, str]:
+        return {
+            b.listener: f"[{b.host}]:{b.port}" if ":" in b.host else f"{b.host}:{b.port}"
+            for b in self.engine.bound
+        }
+
     def active_connections(self) -> int:
         return sum(b.active for p in self.engine.model.pools.values() for b in p.backends)
 

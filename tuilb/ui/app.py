@@ -66,7 +66,17 @@ class TuilbApp(App[int]):
     # -- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Static(id="summary")
-        yield BackendTable()
+        pools = self.bridge.config.pools.values()
+        yield BackendTable(
+            {
+                "backend": max(
+                    (len(clean(f"{p.name}/{b.name}")) for p in pools for b in p.backends), default=7
+                ),
+                "address": max(
+                    (len(clean(b.address)) for p in pools for b in p.backends), default=7
+                ),
+            }
+        )
         with Horizontal(id="lower"):
             with Vertical(id="sparks"):
                 yield Static("traffic", id="traffic-label")
@@ -128,11 +138,13 @@ class TuilbApp(App[int]):
     def _update_summary(self, snap: Snapshot) -> None:
         config = self.bridge.config
         listeners = Text("listeners ", style="bold")
+        bound = self.bridge.listening()
         for i, listener in enumerate(config.listeners):
             if i:
                 listeners.append("  ")
+            address = bound.get(listener.name, str(listener.bind))
             listeners.append(clean(listener.name), style="bold")
-            listeners.append(clean(f" {listener.protocol} {listener.bind} -> {listener.pool}"))
+            listeners.append(clean(f" {listener.protocol} {address} -> {listener.pool}"))
         active = sum(b.active_connections for p in snap.pools for b in p.backends)
         totals = self.tracker.totals
         line = Text.assemble(

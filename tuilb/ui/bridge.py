@@ -42,6 +42,9 @@ class Bridge(Protocol):
 
     def active_connections(self) -> int: ...
 
+    def listening(self) -> dict[str, str]:
+        """Listener name -> the address it is bound to (the real port, once bound)."""
+
     def shutdown(self) -> None:
         """Begin a graceful shutdown (idempotent; a second call cuts connections)."""
 

@@ -14,19 +14,20 @@ from tuilb.model import AdminState, BackendSnapshot, Health, Snapshot
 from tuilb.stats import RateTracker, human_bytes
 from tuilb.ui.text import clean, safe
 
-COLUMNS = (
-    ("backend", "Backend"),
-    ("address", "Address"),
-    ("state", "State"),
-    ("health", "Health"),
-    ("weight", "Weight"),
-    ("active", "Active"),
-    ("total", "Total"),
-    ("rate", "Conn/s"),
-    ("failed", "Failed"),
-    ("in", "In"),
-    ("out", "Out"),
-    ("drain", "Drain"),
+# (key, label, width); None = as wide as the config's longest value (set at mount).
+COLUMNS: tuple[tuple[str, str, int | None], ...] = (
+    ("backend", "Backend", None),
+    ("address", "Address", None),
+    ("state", "State", 8),
+    ("health", "Health", 7),
+    ("weight", "Weight", 11),
+    ("active", "Active", 7),
+    ("total", "Total", 9),
+    ("rate", "Conn/s", 7),
+    ("failed", "Failed", 7),
+    ("in", "In", 7),
+    ("out", "Out", 7),
+    ("drain", "Drain", 13),
 )
 
 STATE_STYLE = {
@@ -77,14 +78,17 @@ def matches(cells: Cells, needle: str) -> bool:
 
 
 class BackendTable(DataTable[Text]):
-    def __init__(self) -> None:
+    def __init__(self, widths: dict[str, int] | None = None) -> None:
         super().__init__(id="backends", cursor_type="row", zebra_stripes=True)
         self._shown: dict[str, Cells] = {}
         self._order: list[str] = []
+        self._widths = widths or {}
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+        # Fixed widths: cells are updated in place, and a cell that outgrows its column
+        # would otherwise be cut ("1." for "1.5K").
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width or self._widths.get(key, 16))
 
     @property
     def selected(self) -> str | None:
@@ -114,7 +118,7 @@ class BackendTable(DataTable[Text]):
             old = self._shown[target]
             if cells == old:
                 continue
-            for (key, _), new, was in zip(COLUMNS, cells, old, strict=True):
+            for (key, _, _), new, was in zip(COLUMNS, cells, old, strict=True):
                 if new != was:
                     self.update_cell(target, key, safe(new[0], new[1]))
             self._shown[target] = cells
