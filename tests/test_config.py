@@ -18,6 +18,7 @@ from tuilb.config import (
     Address,
     Config,
     Timeouts,
+    UiConfig,
     load,
     parse,
     parse_address,
@@ -131,7 +132,13 @@ GOOD: list[tuple[str, str, list[tuple[tuple[str | int, ...], Any]]]] = [
             (("pools", "app", "backends", 0, "max_connections"), 0),
             (("pools", "app", "backends", 1, "name"), "a2"),
             (("timeouts",), Timeouts(connect=5.0, idle=3600.0, shutdown_grace=30.0)),
+            (("ui",), UiConfig(theme="tuilb-dark", refresh=2.0)),
         ],
+    ),
+    (
+        "ui settings",
+        conf(END='[ui]\ntheme = "tuilb-light"\nrefresh = 4\n'),
+        [(("ui",), UiConfig(theme="tuilb-light", refresh=4.0))],
     ),
     (
         "algorithm omitted defaults to round_robin",
@@ -510,6 +517,22 @@ backends = [{ name = "a1", address = "127.0.0.1:9001" }]
         "NaN timeout is not a positive number",
         conf(END="[timeouts]\nconnect = nan  #@x\n"),
         [("timeouts.connect", "positive", "x")],
+    ),
+    # -- the dashboard's [ui] table
+    (
+        "unknown theme lists the shipped ones",
+        conf(END='[ui]\ntheme = "neon"  #@x\n'),
+        [("ui.theme", "unknown theme 'neon'; themes: tuilb-dark", "x")],
+    ),
+    (
+        "refresh out of range",
+        conf(END="[ui]\nrefresh = 100  #@x\n"),
+        [("ui.refresh", "out of range 0.2..30", "x")],
+    ),
+    (
+        "unknown ui key",
+        conf(END='[ui]\ncolour = "red"  #@x\n'),
+        [("ui.colour", "unknown key 'colour'; allowed: theme, refresh", "x")],
     ),
     # -- protocols and pumps
     (

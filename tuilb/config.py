@@ -7,6 +7,7 @@ and, where the text shows it, its line.
 
 from __future__ import annotations
 
+import importlib.resources
 import ipaddress
 import re
 import tomllib
@@ -95,6 +96,15 @@ class Config:
             f"{self.source}: OK: {len(self.listeners)} listener(s), "
             f"{len(self.pools)} pool(s), {n_backends} backend(s)"
         )
+
+
+def installed_themes() -> list[str]:
+    """Names of the shipped themes (file names), without loading the UI stack."""
+    try:
+        folder = importlib.resources.files("tuilb.themes")
+        return sorted(f.name[: -len(".toml")] for f in folder.iterdir() if f.name.endswith(".toml"))
+    except (ModuleNotFoundError, OSError):
+        return []
 
 
 def parse_address(text: str, allow_zero: bool = False) -> Address:
@@ -266,8 +276,9 @@ class _Checker:
         if not 0.2 <= refresh <= 30:
             self.problem((*path, "refresh"), f"{refresh} is out of range 0.2..30 per second")
             refresh = defaults.refresh
-        # The theme name is checked against the installed themes when the dashboard starts:
-        # validating here would need the UI stack, which `check` and headless never load.
+        themes = installed_themes()
+        if themes and theme not in themes:
+            self.problem((*path, "theme"), f"unknown theme {theme!r}; themes: {', '.join(themes)}")
         return UiConfig(theme, float(refresh))
 
     def timeouts(self, value: object) -> Timeouts:
