@@ -347,3 +347,20 @@ async def test_out_of_descriptors_keeps_serving_and_does_not_flood_the_log(nurse
     # Rate-limited: about one line a second per kind, whatever the number of failures.
     assert 1 <= len(warnings) <= 6, [headless.raw]
     assert "Traceback" not in "\n".join(headless.raw)
+
+
+def test_headless_code_paths_never_import_textual():
+    # Everything `run --headless` and `demo --headless` load, in a fresh interpreter.
+    code = (
+        "import sys\n"
+        "import tuilb.cli, tuilb.host, tuilb.engine, tuilb.demo, tuilb.ui.bridge\n"
+        "from tuilb.demo import Demo\n"
+        "d = Demo(rate=0); tuilb.cli._demo_extra(d); d.close()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))\n"
+        "import json; print(json.dumps(loaded))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert not [m for m in json.loads(result.stdout) if m.startswith("textual")], result.stdout
