@@ -423,9 +423,15 @@ class TuilbApp(App[int]):
             yield SystemCommand(
                 f"Details of {clean(target)}", "Counters and recent events.", self.action_details
             )
+            for extra in self.bridge.extras:
+                yield SystemCommand(
+                    f"{extra.name.capitalize()} {clean(target)}",
+                    extra.help,
+                    lambda name=extra.name: self.action_extra(name),
+                )
         yield SystemCommand("Filter rows", "Show only matching backends.", self.action_filter)
         yield SystemCommand("Next theme", "Cycle the colour theme.", self.action_cycle_theme)
-        yield SystemCommand("Keys", "Every key with its help.", self.action_help)
+        yield SystemCommand("Key reference", "Every tuilb key with its help.", self.action_help)
 
 
 def event_line(event: Event) -> Text:
