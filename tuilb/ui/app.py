@@ -62,6 +62,7 @@ class TuilbApp(App[int]):
         self.snap: Snapshot | None = None
         self.status = ""
         self.frozen = False
+        self.last_summary: tuple[str, ...] = ()
 
     # -- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -177,7 +178,10 @@ class TuilbApp(App[int]):
             )
         elif self.status:
             parts.append(Text(self.status, style="bold"))
-        self.query_one("#summary", Static).update(Group(*parts))
+        shown = tuple(part.plain for part in parts)
+        if shown != self.last_summary:  # an unchanged header is not repainted
+            self.last_summary = shown
+            self.query_one("#summary", Static).update(Group(*parts))
 
     def _update_sparks(self) -> None:
         target = self.query_one(BackendTable).selected
