@@ -39,10 +39,7 @@ class TuilbApp(App[int]):
     TITLE = "tuilb"
     ENABLE_COMMAND_PALETTE = True
     BINDINGS: ClassVar[list[BindingType]] = [
-        *(
-            Binding(k.keys, k.action, k.label, show=k.footer, priority=k.action == "quit")
-            for k in KEYS
-        ),
+        *(Binding(k.keys, k.action, k.label, show=k.footer, priority=k.priority) for k in KEYS),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -187,8 +184,9 @@ class TuilbApp(App[int]):
         target = self.query_one(BackendTable).selected
         traffic = list(self.tracker.traffic.get(target or "", []))
         rate = list(self.tracker.connection_rate.get(target or "", []))
-        self.query_one("#traffic", Sparkline).data = traffic or [0.0]
-        self.query_one("#rate", Sparkline).data = rate or [0.0]
+        # An all-zero series would draw as full bars (Sparkline scales min..max): show none.
+        self.query_one("#traffic", Sparkline).data = traffic if any(traffic) else []
+        self.query_one("#rate", Sparkline).data = rate if any(rate) else []
         now = human_bytes(traffic[-1]) if traffic else "0"
         self.query_one("#traffic-label", Static).update(safe(f"{target or '-'}  traffic {now}/s"))
         self.query_one("#rate-label", Static).update(
@@ -229,14 +227,14 @@ class TuilbApp(App[int]):
 
     def submit(self, command: control.Command, source: str = "keyboard") -> None:
         """Send `command`, asking first when it would leave a pool with nothing to serve."""
-        snap = self.snap or self.bridge.snapshot()
-        pool = control.empties_pool(snap, command)
+        # Judged on the state now, not on the last refresh (up to 1/refresh s old).
+        pool = control.empties_pool(self.bridge.snapshot(), command)
         if pool is None:
             self._send(command, source)
             return
         question = safe(
-            f"{command.target} is the last eligible backend of pool {pool!r}. "
-            f"Traffic to {pool!r} will FAIL. Go ahead?"
+            f"{describe(command)}? It is the last eligible backend of pool {pool!r}: "
+            f"traffic to {pool!r} will FAIL. Go ahead?"
         )
 
         def answered(yes: bool | None) -> None:
@@ -248,9 +246,9 @@ class TuilbApp(App[int]):
     def _send(self, command: control.Command, source: str) -> None:
         def done(message: str | None, error: str | None) -> None:
             if error is not None:
-                self.notify(clean(error), severity="error")
+                self.notify(clean(error), severity="error", markup=False)
             else:
-                self.notify(clean(message or ""))
+                self.notify(clean(message or ""), markup=False)
             self.refresh_data()
 
         self.bridge.submit(command, done, source)  # type: ignore[call-arg]
@@ -268,7 +266,7 @@ class TuilbApp(App[int]):
         if target is None:
             return
         command = control.Disable(target)
-        if control.empties_pool(self.snap or self.bridge.snapshot(), command):
+        if control.empties_pool(self.bridge.snapshot(), command):
             self.submit(command)  # the pool warning is the confirmation
             return
 
@@ -299,7 +297,7 @@ class TuilbApp(App[int]):
             try:
                 self.submit(control.build("weight", [target, value]))
             except CommandError as exc:
-                self.notify(clean(exc), severity="error")
+                self.notify(clean(exc), severity="error", markup=False)
 
         self.push_screen(WeightInput(target, current), entered)
 
@@ -308,7 +306,11 @@ class TuilbApp(App[int]):
             return
 
         def done(message: str | None, error: str | None) -> None:
-            self.notify(clean(error or message or ""), severity="error" if error else "information")
+            self.notify(
+                clean(error or message or ""),
+                severity="error" if error else "information",
+                markup=False,
+            )
 
         self.bridge.run_extra(name, target, done)
 
@@ -350,9 +352,10 @@ class TuilbApp(App[int]):
         box.display = bool(self.needle)
         table = self.query_one(BackendTable)
         table.focus()
+        self.status = f"filter: {self.needle}" if self.needle else ""
         if self.snap is not None:
             table.show(self.snap, self.tracker, self.drain_start, self.needle)
-        self.status = f"filter: {self.needle}" if self.needle else ""
+            self._update_summary(self.snap)
 
     def action_cursor(self, step: int) -> None:
         table = self.query_one(BackendTable)
@@ -363,7 +366,12 @@ class TuilbApp(App[int]):
         self.notify(f"theme: {self.theme}")
 
     # -- quitting -----------------------------------------------------------------------------
-    async def action_quit(self) -> None:
+    async def action_quit(self, from_anywhere: bool = False) -> None:
+        if len(self.screen_stack) > 1:
+            if not from_anywhere:
+                return  # q inside a dialog belongs to the dialog
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
         if self.bridge.stopping:
             self.bridge.shutdown()  # the second time: close what is left now
             return
@@ -436,6 +444,15 @@ class TuilbApp(App[int]):
         yield SystemCommand("Filter rows", "Show only matching backends.", self.action_filter)
         yield SystemCommand("Next theme", "Cycle the colour theme.", self.action_cycle_theme)
         yield SystemCommand("Key reference", "Every tuilb key with its help.", self.action_help)
+
+
+def describe(command: control.Command) -> str:
+    """What a command will do, for a confirmation."""
+    if isinstance(command, control.SetWeight):
+        if command.relative:
+            return f"Change the weight of {command.target} by {command.weight:+d}"
+        return f"Set the weight of {command.target} to {command.weight}"
+    return f"{type(command).__name__} {command.target}"
 
 
 def event_line(event: Event) -> Text:

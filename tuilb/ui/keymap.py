@@ -15,6 +15,7 @@ class Key:
     label: str  # short, for the footer
     help: str
     footer: bool = True
+    priority: bool = False  # works even while an input or a dialog has the focus
 
 
 def _command_help(name: str) -> str:
@@ -35,9 +36,17 @@ KEYS: tuple[Key, ...] = (
     Key("j", "cursor(1)", "Down", "Move down a row (or use the arrow keys).", footer=False),
     Key("k", "cursor(-1)", "Up", "Move up a row (or use the arrow keys).", footer=False),
     Key(
-        "q,ctrl+q,ctrl+c",
+        "q",
         "quit",
         "Quit",
         "Shut down gracefully: stop accepting, let connections finish (asks if any are open).",
+    ),
+    Key(
+        "ctrl+q,ctrl+c",
+        "quit(True)",
+        "Quit",
+        "Quit from anywhere, even from a dialog or an input (then as q).",
+        footer=False,
+        priority=True,
     ),
 )

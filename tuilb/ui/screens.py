@@ -17,7 +17,7 @@ from tuilb.errors import CommandError
 from tuilb.model import BackendSnapshot, Event
 from tuilb.stats import human_bytes
 from tuilb.ui.keymap import KEYS
-from tuilb.ui.text import clean, safe
+from tuilb.ui.text import safe
 
 
 class Confirm(ModalScreen[bool]):
@@ -120,7 +120,7 @@ class Details(ModalScreen[None]):
 
     def update_view(self) -> None:
         backend, events = self.read()
-        table = Table(title=clean(self.target), expand=True, show_header=False, show_edge=False)
+        table = Table(title=safe(self.target), expand=True, show_header=False, show_edge=False)
         table.add_column("what", style="bold", no_wrap=True)
         table.add_column("value")
         rows = [

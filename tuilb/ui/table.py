@@ -88,7 +88,8 @@ class BackendTable(DataTable[Text]):
         # Fixed widths: cells are updated in place, and a cell that outgrows its column
         # would otherwise be cut ("1." for "1.5K").
         for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width or self._widths.get(key, 16))
+            width = width or max(len(label), self._widths.get(key, 16))
+            self.add_column(label, key=key, width=width)
 
     @property
     def selected(self) -> str | None:
