@@ -621,7 +621,7 @@ def test_the_palette_offers_the_registry_commands_for_the_selected_backend() -> 
             )
             await t.press("enter")
             await t.until(lambda: t.state("web/medium") is AdminState.DRAINING, "drained")
-            assert "keyboard" in t.bridge.events_since(0)[0].cause
+            assert t.bridge.events_since(0)[0].cause == "palette: drain"
 
     run(scenario)
 

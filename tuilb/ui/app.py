@@ -253,26 +253,26 @@ class TuilbApp(App[int]):
 
         self.bridge.submit(command, done, source)  # type: ignore[call-arg]
 
-    def action_drain(self) -> None:
+    def action_drain(self, source: str = "keyboard") -> None:
         if (target := self._target()) is not None:
-            self.submit(control.Drain(target))
+            self.submit(control.Drain(target), source)
 
-    def action_enable(self) -> None:
+    def action_enable(self, source: str = "keyboard") -> None:
         if (target := self._target()) is not None:
-            self.submit(control.Enable(target))
+            self.submit(control.Enable(target), source)
 
-    def action_disable(self) -> None:
+    def action_disable(self, source: str = "keyboard") -> None:
         target = self._target()
         if target is None:
             return
         command = control.Disable(target)
         if control.empties_pool(self.bridge.snapshot(), command):
-            self.submit(command)  # the pool warning is the confirmation
+            self.submit(command, source)  # the pool warning is the confirmation
             return
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self._send(command, "keyboard")
+                self._send(command, source)
 
         self.push_screen(
             Confirm(
@@ -285,7 +285,7 @@ class TuilbApp(App[int]):
         if (target := self._target()) is not None:
             self.submit(control.SetWeight(target, delta, relative=True))
 
-    def action_weight_input(self) -> None:
+    def action_weight_input(self, source: str = "keyboard") -> None:
         target = self._target()
         if target is None:
             return
@@ -295,7 +295,7 @@ class TuilbApp(App[int]):
             if value is None:
                 return
             try:
-                self.submit(control.build("weight", [target, value]))
+                self.submit(control.build("weight", [target, value]), source)
             except CommandError as exc:
                 self.notify(clean(exc), severity="error", markup=False)
 
@@ -426,11 +426,15 @@ class TuilbApp(App[int]):
                 if name == "weight":
                     continue
                 action = getattr(self, f"action_{name}")
-                yield SystemCommand(f"{name.capitalize()} {clean(target)}", spec.help, action)
+                yield SystemCommand(
+                    f"{name.capitalize()} {clean(target)}",
+                    spec.help,
+                    lambda action=action: action("palette"),
+                )
             yield SystemCommand(
                 f"Weight of {clean(target)}...",
                 control.REGISTRY["weight"].help,
-                self.action_weight_input,
+                lambda: self.action_weight_input("palette"),
             )
             yield SystemCommand(
                 f"Details of {clean(target)}", "Counters and recent events.", self.action_details
