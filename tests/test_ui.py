@@ -37,6 +37,7 @@ from tuilb.control import Command, Disable, Drain, Enable, SetWeight, empties_po
 from tuilb.demo import Demo
 from tuilb.errors import CommandError
 from tuilb.host import GuestBridge
+from tuilb.log import Record
 from tuilb.model import (
     AdminState,
     BackendSnapshot,
@@ -760,6 +761,12 @@ class FakeBridge:
         self.running = False
         self._listening = listening
         self._stopping = False
+
+    def start(self, on_finished: Callable[[object], None]) -> None:
+        """No engine behind this bridge: nothing to start."""
+
+    def warnings_since(self, last_id: int) -> list[Record]:
+        return []
 
     def snapshot(self) -> Snapshot:
         return self.frozen if self.frozen is not None else self.model.snapshot()

@@ -29,7 +29,7 @@ from tuilb import __version__, control
 from tuilb.config import Config
 from tuilb.engine import Engine
 from tuilb.errors import CommandError
-from tuilb.log import Log, MemoryLog
+from tuilb.log import Log, MemoryLog, Record
 from tuilb.model import Event, Snapshot
 
 if TYPE_CHECKING:
@@ -106,8 +106,12 @@ class GuestBridge:
         self.on_finished: Callable[[outcome.Outcome[None]], None] | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, on_finished: Callable[[outcome.Outcome[None]], None] | None = None) -> None:
         """Start the engine as a trio guest on the running asyncio loop (from on_mount)."""
+        if on_finished is not None:
+            self.on_finished = on_finished
+        if self._finished is not None:
+            return  # started already
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._finished = loop.create_future()
@@ -160,6 +164,9 @@ class GuestBridge:
 
     def events_since(self, last_id: int) -> list[Event]:
         return self.engine.model.events_since(last_id)
+
+    def warnings_since(self, last_id: int) -> list[Record]:
+        return [r for r in self.log.since(last_id) if r.level != "info"]
 
     def listening(self) -> dict[str, str]:
         return {

@@ -92,12 +92,7 @@ class TuilbApp(App[int]):
         for extra in self.bridge.extras:
             self.bind(extra.key, f"extra('{extra.name}')", description=extra.name)
         self.query_one("#filter", Input).display = False
-        on_finished = getattr(self.bridge, "on_finished", "absent")
-        if on_finished != "absent":
-            self.bridge.on_finished = self._engine_finished  # type: ignore[attr-defined]
-        start = getattr(self.bridge, "start", None)
-        if start is not None and not getattr(self.bridge, "started", True):
-            start()
+        self.bridge.start(self._engine_finished)
         self.refresh_data()
         self.set_interval(1 / self.bridge.config.ui.refresh, self.refresh_data)
 
@@ -198,19 +193,16 @@ class TuilbApp(App[int]):
         for event in self.bridge.events_since(self.last_event):
             self.last_event = event.id
             log.write(event_line(event))
-        records = getattr(self.bridge, "log", None)
-        if records is not None:
-            for record in records.since(self.last_record):
-                self.last_record = record.id
-                if record.level != "info":
-                    log.write(
-                        Text.assemble(
-                            (time.strftime("%H:%M:%S ", time.localtime(record.ts)), "dim"),
-                            (clean(record.event), "bold red"),
-                            " ",
-                            clean(" ".join(f"{k}={v}" for k, v in record.fields.items())),
-                        )
-                    )
+        for record in self.bridge.warnings_since(self.last_record):
+            self.last_record = record.id
+            log.write(
+                Text.assemble(
+                    (time.strftime("%H:%M:%S ", time.localtime(record.ts)), "dim"),
+                    (clean(record.event), "bold red"),
+                    " ",
+                    clean(" ".join(f"{k}={v}" for k, v in record.fields.items())),
+                )
+            )
 
     def on_data_table_row_highlighted(self) -> None:
         self._update_sparks()
@@ -251,7 +243,7 @@ class TuilbApp(App[int]):
                 self.notify(clean(message or ""), markup=False)
             self.refresh_data()
 
-        self.bridge.submit(command, done, source)  # type: ignore[call-arg]
+        self.bridge.submit(command, done, source)
 
     def action_drain(self, source: str = "keyboard") -> None:
         if (target := self._target()) is not None:
@@ -406,7 +398,7 @@ class TuilbApp(App[int]):
 
     def _begin_shutdown(self) -> None:
         self.bridge.shutdown()
-        if not getattr(self.bridge, "running", False):
+        if not self.bridge.running:
             self.exit(0)  # nothing to wait for (a bridge without an engine run)
             return
         if self.snap is not None:

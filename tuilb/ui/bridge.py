@@ -13,6 +13,7 @@ from typing import Protocol
 
 from tuilb.config import Config
 from tuilb.control import Command
+from tuilb.log import Record
 from tuilb.model import Event, Snapshot
 
 
@@ -25,20 +26,32 @@ class Extra:
     help: str
 
 
+Done = Callable[[str | None, str | None], None]
+
+
 class Bridge(Protocol):
     config: Config
     extras: tuple[Extra, ...]
+
+    def start(self, on_finished: Callable[[object], None]) -> None:
+        """Start the engine, if this bridge runs one (called from the app's on_mount);
+        `on_finished(outcome)` is called when it has ended, for whatever reason."""
+
+    @property
+    def running(self) -> bool:
+        """An engine is running behind this bridge (quitting must wait for it)."""
 
     def snapshot(self) -> Snapshot: ...
 
     def events_since(self, last_id: int) -> list[Event]: ...
 
-    def submit(self, command: Command, done: Callable[[str | None, str | None], None]) -> None:
+    def warnings_since(self, last_id: int) -> list[Record]:
+        """Log records above info level (failed connects, ...) newer than `last_id`."""
+
+    def submit(self, command: Command, done: Done, source: str = "keyboard") -> None:
         """Apply `command` soon; then `done(message, error)` is called on the UI's thread."""
 
-    def run_extra(
-        self, name: str, target: str, done: Callable[[str | None, str | None], None]
-    ) -> None: ...
+    def run_extra(self, name: str, target: str, done: Done) -> None: ...
 
     def active_connections(self) -> int: ...
 
