@@ -31,6 +31,7 @@ from tuilb.ui.screens import Confirm, Details, Help, WeightInput
 from tuilb.ui.table import BackendTable
 from tuilb.ui.text import clean, safe
 
+STAGGER = 0.04  # seconds between the parts of one refresh (Textual paints at most 60/s)
 EVENT_STYLE = {"state": "cyan", "weight": "magenta", "health": "yellow", "drained": "green"}
 
 
@@ -94,22 +95,34 @@ class TuilbApp(App[int]):
         self.query_one("#filter", Input).display = False
         self.bridge.start(self._engine_finished)
         self.refresh_data()
-        self.set_interval(1 / self.bridge.config.ui.refresh, self.refresh_data)
+        self.set_interval(1 / self.bridge.config.ui.refresh, lambda: self.refresh_data(True))
 
     # -- pulling data -------------------------------------------------------------------------
-    def refresh_data(self) -> None:
+    def refresh_data(self, stagger: bool = False) -> None:
+        """Pull a snapshot and show it. `stagger` (the timer's refreshes) spreads the
+        repaint over a few frames; a direct call (start, after a command) shows it at once."""
         snap = self.bridge.snapshot()
         self.snap = snap
         self.tracker.feed(snap)
         moving = any(
             r.connections or r.bytes_in or r.bytes_out for r in self.tracker.rates.values()
         )
-        if snap.pools != self.last_pools or moving:
+        changed = snap.pools != self.last_pools or moving
+        if changed:
             self.last_pools = snap.pools
             self._track_drains(snap)
             self.query_one(BackendTable).show(snap, self.tracker, self.drain_start, self.needle)
-            self._update_sparks()
-        self._update_summary(snap)
+        # Each repaint stops the proxy for as long as it takes: the table, the sparklines
+        # and the header are dirtied a few frames apart, so that they are painted in
+        # separate, shorter frames instead of one long one.
+        if stagger:
+            self.set_timer(STAGGER, lambda: self._update_summary(snap))
+            if changed:
+                self.set_timer(2 * STAGGER, self._update_sparks)
+        else:
+            self._update_summary(snap)
+            if changed:
+                self._update_sparks()
         self._pull_events()
         if not self.frozen:
             # Built once: Textual roughly doubles the heap, and full collections that walk
@@ -172,8 +185,11 @@ class TuilbApp(App[int]):
             parts.append(Text(self.status, style="bold"))
         shown = tuple(part.plain for part in parts)
         if shown != self.last_summary:  # an unchanged header is not repainted
+            # A new layout of the whole screen only when the header's height changes:
+            # a layout pass measured more than the repaint itself.
+            relayout = len(shown) != len(self.last_summary)
             self.last_summary = shown
-            self.query_one("#summary", Static).update(Group(*parts))
+            self.query_one("#summary", Static).update(Group(*parts), layout=relayout)
 
     def _update_sparks(self) -> None:
         target = self.query_one(BackendTable).selected
@@ -183,9 +199,12 @@ class TuilbApp(App[int]):
         self.query_one("#traffic", Sparkline).data = traffic if any(traffic) else []
         self.query_one("#rate", Sparkline).data = rate if any(rate) else []
         now = human_bytes(traffic[-1]) if traffic else "0"
-        self.query_one("#traffic-label", Static).update(safe(f"{target or '-'}  traffic {now}/s"))
+        self.query_one("#traffic-label", Static).update(
+            safe(f"{target or '-'}  traffic {now}/s"), layout=False
+        )
         self.query_one("#rate-label", Static).update(
-            safe(f"new connections/s {rate[-1]:.1f}" if rate else "new connections/s -")
+            safe(f"new connections/s {rate[-1]:.1f}" if rate else "new connections/s -"),
+            layout=False,
         )
 
     def _pull_events(self) -> None:
