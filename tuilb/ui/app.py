@@ -61,6 +61,7 @@ class TuilbApp(App[int]):
         self.status = ""
         self.frozen = False
         self.last_summary: tuple[str, ...] = ()
+        self.sparks_ts = 0.0
 
     # -- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -117,7 +118,9 @@ class TuilbApp(App[int]):
         # separate, shorter frames instead of one long one.
         if stagger:
             self.set_timer(STAGGER, lambda: self._update_summary(snap))
-            if changed:
+            # Sparklines redraw at most once a second: a minute of history hardly moves.
+            if changed and snap.ts - self.sparks_ts >= 1.0:
+                self.sparks_ts = snap.ts
                 self.set_timer(2 * STAGGER, self._update_sparks)
         else:
             self._update_summary(snap)
