@@ -255,7 +255,7 @@ def test_start_cursor_on_the_first_backend_row_and_movement_keys() -> None:
                 lambda: f"web tcp {web} -> web  echo tcp {echo} -> echo" in screen_text(t.app),
                 "the bound addresses in the header",
             )
-            assert "web (least_connections) 3/3 eligible" in screen_text(t.app)
+            assert "web (weighted_round_robin) 3/3 eligible" in screen_text(t.app)
 
             await t.pilot.press("j")  # Pilot's own press agrees with `press` (used below)
             assert table.selected == "web/medium"
@@ -327,7 +327,7 @@ def test_x_asks_first_n_or_escape_cancel_and_y_disables() -> None:
             assert "keyboard" in event.cause
             await t.until(lambda: cell(t.app, "web/fast", "state") == "disabled", "the cell")
             await t.until(
-                lambda: "web (least_connections) 2/3 eligible" in screen_text(t.app), "header"
+                lambda: "web (weighted_round_robin) 2/3 eligible" in screen_text(t.app), "header"
             )
 
     run(scenario)
@@ -358,11 +358,13 @@ def test_plus_and_minus_change_the_weight_by_one() -> None:
 def test_w_sets_an_exact_weight_refuses_bad_values_and_escape_cancels() -> None:
     async def scenario() -> None:
         async with live() as t:
+            start = t.weight("web/fast")
+            assert start != 7
             await t.press("w")
             await t.modal(WeightInput)
             box = t.app.screen.query_one("#weight", Input)
             assert t.app.focused is box
-            assert "Weight for web/fast (now 1)" in screen_text(t.app)
+            assert f"Weight for web/fast (now {start})" in screen_text(t.app)
             # Bad values: the error shows in the dialog, which stays; nothing changes.
             for typed, message in (
                 ("ab", "bad weight 'ab'"),
@@ -373,7 +375,7 @@ def test_w_sets_an_exact_weight_refuses_bad_values_and_escape_cancels() -> None:
                 await t.press("enter")
                 await t.until(lambda: message in screen_text(t.app), message)  # noqa: B023
                 assert isinstance(t.app.screen, WeightInput)
-            assert t.weight("web/fast") == 1
+            assert t.weight("web/fast") == start
             # Still usable: type a good value, and it applies.
             box.value = ""
             await t.press("7", "enter")
@@ -381,7 +383,7 @@ def test_w_sets_an_exact_weight_refuses_bad_values_and_escape_cancels() -> None:
             await t.until(lambda: t.weight("web/fast") == 7, "weight 7")
             await t.until(lambda: cell(t.app, "web/fast", "weight") == "7", "the cell")
             event = t.bridge.events_since(0)[-1]
-            assert (event.kind, event.old, event.new) == ("weight", "1", "7")
+            assert (event.kind, event.old, event.new) == ("weight", str(start), "7")
             assert "keyboard" in event.cause
             # +N / -N are relative; Escape cancels.
             await t.press("w")
@@ -448,7 +450,7 @@ def test_emptying_a_pool_applies_on_y(key: str, wanted: str) -> None:
             assert (event.target, event.new) == ("web/slow", wanted)
             assert event.cause.startswith("keyboard: ")
             await t.until(
-                lambda: "web (least_connections) 0/3 eligible" in screen_text(t.app), "header"
+                lambda: "web (weighted_round_robin) 0/3 eligible" in screen_text(t.app), "header"
             )
 
     run(scenario)

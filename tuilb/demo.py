@@ -32,6 +32,7 @@ KEEPALIVE_IDLE = 30.0  # an HTTP backend closes a keep-alive connection idle thi
 REQUEST_TIMEOUT = 5.0
 MAX_HEAD = 8192
 MAX_BODY = 65536
+_WEIGHTS = {"fast": 3, "medium": 2, "slow": 1}
 _SPEEDS = (("fast", 0.0), ("medium", 0.020), ("slow", 0.100))
 _METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
@@ -112,11 +113,15 @@ class Demo:
         text = ""
         for name in ("web", "echo"):
             text += f'[[listeners]]\nname = "{name}"\nbind = "{HOST}:0"\npool = "{name}"\n\n'
-        text += '[pools.web]\nalgorithm = "least_connections"\n\n[pools.echo]\n\n'
+        # Weighted round robin with unequal weights: re-weighting visibly moves the shares,
+        # and the slow backend's answers keep more connections open on it.
+        text += '[pools.web]\nalgorithm = "weighted_round_robin"\n\n[pools.echo]\n\n'
         for backend in self._backends.values():
             pool, _, name = backend.target.partition("/")
+            weight = _WEIGHTS.get(name, 1)
             text += (
-                f'[[pools.{pool}.backends]]\nname = "{name}"\naddress = "{HOST}:{backend.port}"\n\n'
+                f'[[pools.{pool}.backends]]\nname = "{name}"\naddress = "{HOST}:{backend.port}"\n'
+                f"weight = {weight}\n\n"
             )
         return text + "[timeouts]\nconnect = 2\nidle = 300\nshutdown_grace = 3\n"
 
