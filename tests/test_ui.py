@@ -1114,3 +1114,40 @@ def test_drain_text_and_row_cells() -> None:
     assert matches(cells, "ready")
     assert matches(cells, "127.0.0.1:2")
     assert not matches(cells, "3")  # the weight: only name, address, state and health count
+
+
+# -- re-weighting moves the share ----------------------------------------------------------------
+async def _get(t: Live) -> bytes:
+    """One HTTP request on a new connection through the 'web' listener."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", t.port("web"))
+    writer.write(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    body = await read_to_end(reader)
+    writer.close()
+    return body
+
+
+def _totals(t: Live) -> dict[str, int]:
+    pool = next(p for p in t.bridge.snapshot().pools if p.name == "web")
+    return {b.name: b.total_connections for b in pool.backends}
+
+
+def test_reweighting_from_the_keyboard_moves_the_share() -> None:
+    async def scenario() -> None:
+        async with live() as t:
+            # Demo weights 3/2/1 under weighted round robin: 60 requests split 30/20/10.
+            for _ in range(60):
+                assert (await _get(t)).endswith(b"\n")
+            first = _totals(t)
+            assert first == {"fast": 30, "medium": 20, "slow": 10}
+            # Two presses of '-' on web/fast: 3 -> 1; the next 40 split 10/20/10.
+            await _select(t, "web/fast")
+            await t.press("minus", "minus")
+            await t.until(lambda: t.weight("web/fast") == 1, "weight 1")
+            for _ in range(40):
+                await _get(t)
+            after = _totals(t)
+            moved = {name: after[name] - first[name] for name in after}
+            assert moved == {"fast": 10, "medium": 20, "slow": 10}
+
+    run(scenario)
