@@ -108,9 +108,12 @@ class Load:
 # -- helpers run as separate processes ---------------------------------------------------------
 
 
-def guest_main(conf: str) -> int:
+def guest_main(conf: str, driver: str = "") -> int:
     """The engine as a trio guest on a bare asyncio loop (tuilb's GuestBridge), no Textual."""
     import asyncio
+
+    if driver:
+        os.environ["TUILB_GUEST_DRIVER"] = driver
 
     from tuilb.config import load
     from tuilb.host import GuestBridge
@@ -123,7 +126,7 @@ def guest_main(conf: str) -> int:
         bridge.start()
         while bridge.running and not bridge.listening():
             await asyncio.sleep(0.02)
-        print(f"listening {bridge.listening()}", file=sys.stderr, flush=True)
+        print(f"listening {bridge.listening()} ({bridge.driver})", file=sys.stderr, flush=True)
         result = await bridge.wait_finished()
         result.unwrap()
 
@@ -247,6 +250,7 @@ class Target:
     kind: str  # headless | dashboard | guest
     port: int
     refresh: float = DEFAULT_REFRESH
+    driver: str = ""  # guest: "thread" forces trio's stock guest driver
     pid: int = 0  # the tuilb process
     term_pid: int = 0  # dashboards: the tmux server that renders the pane
     proc: subprocess.Popen[bytes] | None = None  # headless/guest: our child
@@ -433,7 +437,9 @@ class Fleet:
             wait_for(lambda: " listening " in self.kids.log_text(target.name), target.proc, "tuilb")
             target.pid = target.proc.pid
         elif target.kind == "guest":
-            target.proc = self.kids.start(target.name, [*self.me, "_guest", str(conf)])
+            target.proc = self.kids.start(
+                target.name, [*self.me, "_guest", str(conf), target.driver]
+            )
             wait_for(lambda: "listening" in self.kids.log_text(target.name), target.proc, "guest")
             target.pid = target.proc.pid
         else:
@@ -867,6 +873,7 @@ def make_targets(opts: argparse.Namespace, ports: list[int]) -> list[Target]:
     targets = [Target("headless", "headless", next(it))]
     if opts.guest:
         targets.append(Target("guest", "guest", next(it)))
+        targets.append(Target("guest-thread", "guest", next(it), driver="thread"))
     for refresh in opts.refresh_list:
         name = "dashboard" if len(opts.refresh_list) == 1 else f"dashboard@{refresh:g}"
         targets.append(Target(name, "dashboard", next(it), refresh))
@@ -901,7 +908,7 @@ def run(opts: argparse.Namespace) -> int:
     diagnostics: dict[str, Any] = {}
     rss: dict[str, int] = {}
     try:
-        ports = free_ports(3 + 2 + len(opts.refresh_list))
+        ports = free_ports(3 + 3 + len(opts.refresh_list))
         backend_ports = ports[:3]
         fleet.start_backend(backend_ports)
         targets = make_targets(opts, ports[3:])
@@ -1112,7 +1119,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main() -> int:
     argv = sys.argv[1:]
     if argv[:1] == ["_guest"]:
-        return guest_main(argv[1])
+        return guest_main(*argv[1:3])
     if argv[:1] == ["_traced"]:
         return traced_main(argv[1], argv[2:])
     with sigterm_as_interrupt():

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from tuilb import __version__, control
+from tuilb import __version__, control, guest
 from tuilb.config import Config
 from tuilb.engine import Engine
 from tuilb.errors import CommandError
@@ -104,6 +104,7 @@ class GuestBridge:
         self._finished: asyncio.Future[outcome.Outcome[None]] | None = None
         self._stopping = False
         self.on_finished: Callable[[outcome.Outcome[None]], None] | None = None
+        self.driver = ""  # which guest driver runs the engine (tuilb.guest)
 
     # -- lifetime ---------------------------------------------------------------------------
     def start(self, on_finished: Callable[[outcome.Outcome[None]], None] | None = None) -> None:
@@ -115,13 +116,7 @@ class GuestBridge:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._finished = loop.create_future()
-        trio.lowlevel.start_guest_run(
-            self._guest_main,
-            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            run_sync_soon_not_threadsafe=loop.call_soon,
-            done_callback=self._done,
-            host_uses_signal_set_wakeup_fd=True,  # the asyncio loop handles signals
-        )
+        self.driver = guest.start(self._guest_main, loop, self._done)
 
     async def _guest_main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
