@@ -49,14 +49,14 @@ class WeightedRoundRobin:
     """Smooth weighted round robin as nginx does it: 5,1,1 gives a,a,b,a,c,a,a."""
 
     def __init__(self) -> None:
-        self._current: dict[str, int] = {}
+        self._current: dict[str, float] = {}
 
     def pick(
         self, backends: Sequence[Backend], key: str = "", exclude: Collection[Backend] = _NOTHING
     ) -> Backend | None:
         best: Backend | None = None
-        best_current = 0
-        total = 0
+        best_current = 0.0
+        total = 0.0
         current = self._current
         for b in backends:
             if not b.usable or b in exclude:
@@ -86,14 +86,14 @@ class LeastConnections:
         n = len(backends)
         best: Backend | None = None
         best_index = 0
-        # Compare (active+1)/weight as cross products to stay in integers.
-        best_load, best_weight = 0, 1
+        # Compare (active+1)/weight as cross products (no division).
+        best_load, best_weight = 0, 1.0
         for step in range(n):
             i = (self._start + step) % n
             b = backends[i]
             if not b.usable or b in exclude:
                 continue
-            load, weight = b.active + 1, (b.effective_weight if self.weighted else 1)
+            load, weight = b.active + 1, (b.effective_weight if self.weighted else 1.0)
             if best is None or load * best_weight < best_load * weight:
                 best, best_index, best_load, best_weight = b, i, load, weight
         if best is not None:
@@ -130,7 +130,7 @@ class SourceIPHash:
         return best
 
 
-def _score(client: bytes, target: bytes, weight: int) -> float:
+def _score(client: bytes, target: bytes, weight: float) -> float:
     digest = hashlib.blake2b(client + b"\0" + target, digest_size=8).digest()
     # Map to (0, 1) exclusive so the logarithm is finite and negative.
     unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 2)

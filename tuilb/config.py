@@ -17,12 +17,14 @@ from typing import Any
 
 from tuilb.balance import ALGORITHMS
 from tuilb.errors import ConfigError, Problem
+from tuilb.healthconf import HealthConfig, PassiveConfig, check_health, check_passive
 from tuilb.tomlpos import Path as KeyPath
 from tuilb.tomlpos import key_lines, line_of
 
 PROTOCOLS = ("tcp",)
 LATER_PROTOCOLS = ("http", "udp")  # in the schema, not yet served
 PUMPS = ("default", "splice")
+UNWEIGHTED = ("round_robin", "least_connections")
 MAX_WEIGHT = 256
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _HOST = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
@@ -58,6 +60,9 @@ class PoolConfig:
     name: str
     algorithm: str
     backends: tuple[BackendConfig, ...]
+    health: HealthConfig = HealthConfig()  # noqa: RUF009 (frozen: one shared default is fine)
+    passive: PassiveConfig | None = None  # outlier ejection; None: off
+    slow_start: float = 0.0  # seconds to ramp a returning backend to full weight; 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,12 +315,28 @@ class _Checker:
     def pool(self, name: str, body: object) -> PoolConfig | None:
         path: KeyPath = ("pools", name)
         self.name(name, path)
-        table = self.table(body, path, ("algorithm", "backends"))
+        table = self.table(body, path, ("algorithm", "backends", "health", "passive", "slow_start"))
         algorithm = self.get(table, "algorithm", path, str, "round_robin")
         if algorithm not in ALGORITHMS:
             self.problem(
                 (*path, "algorithm"),
                 f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}",
+            )
+        health = HealthConfig()
+        if "health" in table:
+            health = check_health(self, table["health"], (*path, "health"))
+        passive = None
+        if "passive" in table:
+            passive = check_passive(self, table["passive"], (*path, "passive"))
+        slow_start = self.get(table, "slow_start", path, (int, float), 0.0)
+        if not 0 <= slow_start <= 3600:
+            self.problem((*path, "slow_start"), f"{slow_start} is out of range 0..3600 seconds")
+            slow_start = 0.0
+        elif slow_start and algorithm in UNWEIGHTED:
+            self.problem(
+                (*path, "slow_start"),
+                f"slow start ramps weights, which {algorithm!r} ignores; use a weighted "
+                f"algorithm ({', '.join(a for a in ALGORITHMS if a not in UNWEIGHTED)})",
             )
         entries = self.get(table, "backends", path, list, [], required=True)
         if isinstance(table.get("backends"), list) and not entries:
@@ -334,7 +355,7 @@ class _Checker:
             backend = self.backend(entry, (*path, "backends", i))
             if backend is not None:
                 backends.append(backend)
-        return PoolConfig(name, algorithm, tuple(backends))
+        return PoolConfig(name, algorithm, tuple(backends), health, passive, float(slow_start))
 
     def backend(self, entry: object, path: KeyPath) -> BackendConfig | None:
         if not isinstance(entry, dict):

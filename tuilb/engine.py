@@ -1,7 +1,8 @@
 """The root trio task: listeners, connections, idle sweeping, drain and shutdown.
 
 Nursery tree, outermost first:
-  services    the idle sweeper; cancelled last
+  services    the idle sweeper and the health service (checks, ejections, slow start);
+              cancelled last
   connections one task per proxied connection; given `shutdown_grace` on shutdown
   accepts     one accept loop per listener; cancelled first on shutdown
 
@@ -23,6 +24,7 @@ import trio
 from trio.lowlevel import checkpoint, wait_readable
 
 from tuilb import balance
+from tuilb.checks import HealthService
 from tuilb.config import Config, ListenerConfig
 from tuilb.errors import StartupError
 from tuilb.log import Log, RateLimit, null_log
@@ -66,6 +68,7 @@ class Engine:
         self._pipes = PipePool()
         self._balancers = {name: balance.make(p.algorithm) for name, p in config.pools.items()}
         self._capacity = {name: trio.lowlevel.ParkingLot() for name in config.pools}
+        self.health = HealthService(self.model)
         self.model.subscribe(self._on_event)
 
     # -- control from outside (same thread as trio) ----------------------------------------
@@ -98,8 +101,11 @@ class Engine:
         assert self._sockets is not None
         sockets = self._sockets
         try:
+            self.model.monotonic = trio.current_time  # ejections and ramps on trio's clock
             async with trio.open_nursery() as services:
                 services.start_soon(self._sweep_idle)
+                if self.health.needed:
+                    services.start_soon(self.health.run)
                 async with trio.open_nursery() as conns:
                     self._conn_scope = conns.cancel_scope
                     async with trio.open_nursery() as accepts:
@@ -245,6 +251,8 @@ class Engine:
     # -- logging glue ------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
         self.log(event.kind, target=event.target, from_=event.old, to=event.new, cause=event.cause)
+        if event.kind == "state" and event.old == "disabled":
+            self.health.wake(self.model.backend(event.target))
         # A state or weight change may free room for connections waiting on capacity.
         for lot in self._capacity.values():
             lot.unpark_all()

@@ -22,19 +22,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from tuilb import health as hc
 from tuilb.config import Address, BackendConfig, PoolConfig
+from tuilb.health import CheckResult, Health, Hysteresis, Outlier, Verdict
+
+__all__ = ["AdminState", "Backend", "CheckResult", "Event", "Health", "Model", "Snapshot"]
+
+CHECK_HISTORY = 20  # check results kept per backend for the detail view
 
 
 class AdminState(StrEnum):
     READY = "ready"
     DRAINING = "draining"
     DISABLED = "disabled"
-
-
-class Health(StrEnum):
-    UNKNOWN = "unknown"
-    UP = "up"
-    DOWN = "down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,20 +57,28 @@ class Backend:
         "admin",
         "bytes_in",
         "bytes_out",
+        "checks",
         "config",
+        "ejected",
+        "ejections",
         "failed_connects",
         "health",
+        "hysteresis",
         "last_error",
         "max_connections",
         "name",
+        "outlier",
         "pool",
+        "ramp",
+        "ramp_since",
+        "resets",
         "sockaddr",
         "target",
         "total",
         "weight",
     )
 
-    def __init__(self, pool: str, config: BackendConfig) -> None:
+    def __init__(self, pool: str, config: BackendConfig, rise: int = 2, fall: int = 3) -> None:
         self.pool = pool
         self.name = config.name
         self.target = f"{pool}/{config.name}"
@@ -87,15 +95,32 @@ class Backend:
         self.bytes_in = 0  # from clients toward this backend
         self.bytes_out = 0  # from this backend back to clients
         self.last_error = ""
+        self.resets = 0  # connections the backend reset (or closed under a write)
+        # Health checks: the hysteresis counters and the recent results.
+        self.hysteresis = Hysteresis(rise, fall)
+        self.checks: deque[CheckResult] = deque(maxlen=CHECK_HISTORY)
+        # Passive health: `ejected` mirrors `outlier.ejected` for the hot path.
+        self.outlier = Outlier()
+        self.ejected = False
+        self.ejections = 0
+        # Slow start: share of the weight in use (1.0 when not ramping) and since when.
+        self.ramp = 1.0
+        self.ramp_since = 0.0
 
     @property
-    def effective_weight(self) -> int:
-        return self.weight
+    def effective_weight(self) -> float:
+        """The weight the balancer uses: lower than `weight` during slow start."""
+        return self.weight if self.ramp >= 1.0 else self.weight * self.ramp
 
     @property
     def eligible(self) -> bool:
         """May receive new traffic (capacity aside)."""
-        return self.admin is AdminState.READY and self.health is not Health.DOWN and self.weight > 0
+        return (
+            self.admin is AdminState.READY
+            and self.health is not Health.DOWN
+            and self.weight > 0
+            and not self.ejected
+        )
 
     @property
     def has_capacity(self) -> bool:
@@ -117,12 +142,14 @@ def _sockaddr(address: Address) -> tuple[int, tuple[str, int]] | None:
 
 
 class Pool:
-    __slots__ = ("algorithm", "backends", "by_name", "name", "refused")
+    __slots__ = ("algorithm", "backends", "by_name", "config", "name", "refused")
 
     def __init__(self, config: PoolConfig) -> None:
+        self.config = config
         self.name = config.name
         self.algorithm = config.algorithm
-        self.backends = [Backend(config.name, b) for b in config.backends]
+        rise, fall = config.health.rise, config.health.fall
+        self.backends = [Backend(config.name, b, rise, fall) for b in config.backends]
         self.by_name = {b.name: b for b in self.backends}
         self.refused = 0  # connections refused because no backend was usable
 
@@ -135,7 +162,7 @@ class BackendSnapshot:
     state: AdminState
     health: Health
     weight: int
-    effective_weight: int
+    effective_weight: float
     config_weight: int
     max_connections: int
     active_connections: int
@@ -146,6 +173,18 @@ class BackendSnapshot:
     eligible: bool
     drained: bool  # draining and no active connection left
     last_error: str
+    resets: int = 0
+    check: str = "none"  # the pool's check type: tcp | http | none
+    health_progress: str = ""  # "3/3": up and 3 failures from down; "1/2": down, 1 of 2 rises
+    checks: tuple[CheckResult, ...] = ()  # recent results, oldest first
+    ejected: bool = False
+    eject_left: float = 0.0  # seconds of ejection left
+    ejections: int = 0
+    slow_start: float = 1.0  # share of the weight in use; below 1 while ramping
+
+    @property
+    def last_check(self) -> CheckResult | None:
+        return self.checks[-1] if self.checks else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +215,11 @@ class Model:
         pools: Iterable[PoolConfig],
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         event_capacity: int = 1000,
     ) -> None:
-        self.clock = clock
+        self.clock = clock  # wall clock, for event times
+        self.monotonic = monotonic  # for ejections and slow start (the engine: trio's clock)
         self.pools: dict[str, Pool] = {p.name: Pool(p) for p in pools}
         self.events: deque[Event] = deque(maxlen=event_capacity)
         self._next_event = 1
@@ -220,6 +261,8 @@ class Model:
         self.record(backend.target, "state", old, state, cause)
         if state is AdminState.DRAINING and backend.active == 0:
             self.record(backend.target, "drained", "draining", "drained", "no active connections")
+        if old is AdminState.DISABLED and state is AdminState.READY:
+            self._slow_start(backend, "back from disabled")
         return True
 
     def set_weight(self, backend: Backend, weight: int, cause: str) -> bool:
@@ -235,8 +278,81 @@ class Model:
             return False
         old = backend.health
         backend.health = health
+        tracker = backend.hysteresis
+        if tracker.health is not health:  # set from outside the checks: count afresh
+            tracker.health, tracker.failures, tracker.successes = health, 0, 0
         self.record(backend.target, "health", old, health, cause)
+        if old is Health.DOWN and health is Health.UP:
+            self._slow_start(backend, "back up")
         return True
+
+    # -- health checks, passive health, slow start ------------------------------------------
+    def check_result(self, backend: Backend, result: CheckResult) -> None:
+        """Record one active check's result and apply rise/fall."""
+        backend.checks.append(CheckResult(result.ok, result.reason, result.duration, self.clock()))
+        before = backend.hysteresis.health
+        new = backend.hysteresis.observe(result.ok)
+        if new is None:
+            return
+        config = self.pools[backend.pool].config.health
+        if new is Health.DOWN:
+            cause = hc.down_cause(before, config.fall, result.reason)
+        else:
+            cause = hc.up_cause(before, config.rise, result.reason)
+        self.set_health(backend, new, cause)
+
+    def connected(self, backend: Backend) -> None:
+        """A connect to `backend` succeeded: its run of traffic failures is over."""
+        if backend.outlier.failures:
+            hc.on_success(backend.outlier)
+
+    def backend_reset(self, backend: Backend) -> None:
+        backend.resets += 1
+        self._traffic_failure(backend, "reset by backend")
+
+    def _traffic_failure(self, backend: Backend, reason: str) -> None:
+        pool = self.pools[backend.pool]
+        passive = pool.config.passive
+        if passive is None:
+            return
+        others = any(b is not backend and b.eligible for b in pool.backends)
+        now = self.monotonic()
+        verdict, duration = hc.on_failure(backend.outlier, passive, now, others)
+        n = passive.consecutive_failures
+        if verdict is Verdict.EJECT:
+            backend.ejected = True
+            backend.ejections += 1
+            cause = f"passive: {n} failures in a row (last: {reason}); out for {duration:g}s"
+            self.record(backend.target, "eject", "in", "ejected", cause)
+        elif verdict is Verdict.SPARE:
+            cause = (
+                f"passive: {n} failures in a row (last: {reason}), but it is the last "
+                f"eligible backend of pool {pool.name!r}: not ejected"
+            )
+            self.record(backend.target, "eject", "in", "in", cause)
+
+    def tick(self, now: float | None = None) -> None:
+        """Time-driven changes: ejections that end, slow-start ramps that move."""
+        now = self.monotonic() if now is None else now
+        for pool in self.pools.values():
+            for b in pool.backends:
+                if b.ejected and hc.ejection_over(b.outlier, now):
+                    b.ejected = False
+                    self.record(b.target, "eject", "ejected", "in", "passive: ejection time over")
+                    self._slow_start(b, "back from ejection", now)
+                if b.ramp < 1.0:
+                    b.ramp = hc.ramp(now - b.ramp_since, pool.config.slow_start)
+                    if b.ramp >= 1.0:
+                        self.record(b.target, "slow_start", "ramping", "full", "slow start over")
+
+    def _slow_start(self, backend: Backend, why: str, now: float | None = None) -> None:
+        duration = self.pools[backend.pool].config.slow_start
+        if duration <= 0:
+            return
+        backend.ramp = hc.SLOW_START_FLOOR
+        backend.ramp_since = self.monotonic() if now is None else now
+        cause = f"slow start ({why}): ramping to full weight over {duration:g}s"
+        self.record(backend.target, "slow_start", "full", "ramping", cause)
 
     # -- traffic (hot path: keep these tiny) ----------------------------------------------
     def connection_started(self, backend: Backend) -> None:
@@ -263,24 +379,29 @@ class Model:
     def connect_failed(self, backend: Backend, reason: str) -> None:
         backend.failed_connects += 1
         backend.last_error = reason
+        self._traffic_failure(backend, reason)
 
     def refused(self, pool: Pool) -> None:
         pool.refused += 1
 
     # -- readers --------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
+        now = self.monotonic()
         return Snapshot(
             self.clock(),
             tuple(
                 PoolSnapshot(
-                    p.name, p.algorithm, p.refused, tuple(_backend_snapshot(b) for b in p.backends)
+                    p.name,
+                    p.algorithm,
+                    p.refused,
+                    tuple(_backend_snapshot(b, p.config.health.type, now) for b in p.backends),
                 )
                 for p in self.pools.values()
             ),
         )
 
 
-def _backend_snapshot(b: Backend) -> BackendSnapshot:
+def _backend_snapshot(b: Backend, check: str, now: float) -> BackendSnapshot:
     return BackendSnapshot(
         pool=b.pool,
         name=b.name,
@@ -299,4 +420,12 @@ def _backend_snapshot(b: Backend) -> BackendSnapshot:
         eligible=b.eligible,
         drained=b.admin is AdminState.DRAINING and b.active == 0,
         last_error=b.last_error,
+        resets=b.resets,
+        check=check,
+        health_progress=b.hysteresis.progress() if check != "none" else "",
+        checks=tuple(b.checks),
+        ejected=b.ejected,
+        eject_left=max(0.0, b.outlier.ejected_until - now) if b.ejected else 0.0,
+        ejections=b.ejections,
+        slow_start=b.ramp,
     )

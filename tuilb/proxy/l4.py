@@ -177,6 +177,7 @@ class TcpProxy:
             if err:
                 raise OSError(err, os.strerror(err))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.model.connected(backend)
         except (OSError, trio.TooSlowError) as exc:
             if sock is not None:
                 sock.close()
@@ -223,12 +224,15 @@ class TcpProxy:
         if not upstream:
             # The backend has not seen the request yet: skip the readv bound to fail.
             await wait_readable(src.fileno())
-        if await self.pump(src, dst, conn, upstream) is End.RESET:
+        end = await self.pump(src, dst, conn, upstream)
+        if end is not End.EOF:
             # Either peer is gone abruptly: show it to the other one as a reset too.
             # Closing happens in handle(), after both directions have stopped.
             arm_reset(src)
             arm_reset(dst)
             scope.cancel()
+            if (end is End.RESET) is not upstream:  # the backend's side failed
+                self.model.backend_reset(conn.backend)
 
 
 async def _resolve(address: Address) -> tuple[int, tuple[str, int]]:

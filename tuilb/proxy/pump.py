@@ -11,7 +11,8 @@ chunk; the pipe is always drained before it is returned, so EAGAIN on the socket
 splice can only mean the socket is empty.
 
 A pump returns how the direction ended: EOF (the source half-closed; the meter was told,
-to pass it on) or RESET (a peer reset, or the destination is gone).
+to pass it on), RESET (the source reset) or GONE (the destination is gone). The last two
+are told apart so passive health can blame the backend only for its own resets.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ CHUNK = 65536
 
 class End(enum.Enum):
     EOF = "eof"
-    RESET = "reset"
+    RESET = "reset"  # the source reset
+    GONE = "gone"  # the destination reset or closed under a write
 
 
 class Meter(Protocol):
@@ -98,7 +100,7 @@ def make_copy_pump(buffers: BufferPool, bulk: BufferPool | None = None) -> Pump:
                 except BlockingIOError:
                     await wait_writable(dst_fd)
                 except _RESETS:
-                    return End.RESET
+                    return End.GONE
             pool.put(buf)
             meter.moved(upstream, n)
             # A full buffer means more is waiting: take the big ones until a read falls short.
@@ -175,7 +177,7 @@ def make_splice_pump(pipes: PipePool) -> Pump:
                 # A pipe with bytes still inside must never be reused.
                 pipes.discard(pipe)
                 if isinstance(exc, _RESETS):
-                    return End.RESET
+                    return End.GONE
                 raise
             pipes.put(pipe)
             meter.moved(upstream, n)
