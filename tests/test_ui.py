@@ -36,6 +36,7 @@ from tuilb.config import Config, UiConfig, parse
 from tuilb.control import Command, Disable, Drain, Enable, SetWeight, empties_pool
 from tuilb.demo import Demo
 from tuilb.errors import CommandError
+from tuilb.healthconf import HealthConfig
 from tuilb.host import GuestBridge
 from tuilb.log import Record
 from tuilb.model import (
@@ -172,10 +173,21 @@ class Live:
 
 
 @asynccontextmanager
-async def live(notifications: bool = False, refresh: float | None = None) -> AsyncIterator[Live]:
-    """The dashboard over a real engine: pools web (fast, medium, slow) and echo (echo)."""
+async def live(
+    notifications: bool = False, refresh: float | None = None, checks: bool = False
+) -> AsyncIterator[Live]:
+    """The dashboard over a real engine: pools web (fast, medium, slow) and echo (echo).
+
+    The demo's health checks are off unless `checks`: their events would interleave with
+    the ones these tests count."""
     demo = Demo(rate=0)
     config = demo.config
+    if not checks:
+        pools = {
+            name: dataclasses.replace(pool, health=HealthConfig(), passive=None)
+            for name, pool in config.pools.items()
+        }
+        config = dataclasses.replace(config, pools=pools)
     if refresh is not None:
         config = dataclasses.replace(config, ui=UiConfig(refresh=refresh))
 

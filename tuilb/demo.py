@@ -38,6 +38,33 @@ _METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
+# Health in the demo: HTTP checks on the web pool (so `f` shows a backend going down and,
+# on recovery, rising and ramping up under slow start), passive ejection on top, and TCP
+# handshake checks on the echo pool.
+_DEMO_HEALTH = """slow_start = 10
+
+[pools.web.health]
+type = "http"
+path = "/healthz"
+interval = 1
+fast_interval = 0.5
+down_interval = 2
+timeout = 1
+rise = 2
+fall = 2
+
+[pools.web.passive]
+consecutive_failures = 3
+eject_time = 10
+
+[pools.echo]
+
+[pools.echo.health]
+type = "tcp"
+interval = 2
+
+"""
+
 
 class _Broken(Exception):
     """The peer sent something we cannot use, or went away mid-message."""
@@ -115,7 +142,7 @@ class Demo:
             text += f'[[listeners]]\nname = "{name}"\nbind = "{HOST}:0"\npool = "{name}"\n\n'
         # Weighted round robin with unequal weights: re-weighting visibly moves the shares,
         # and the slow backend's answers keep more connections open on it.
-        text += '[pools.web]\nalgorithm = "weighted_round_robin"\n\n[pools.echo]\n\n'
+        text += '[pools.web]\nalgorithm = "weighted_round_robin"\n' + _DEMO_HEALTH
         for backend in self._backends.values():
             pool, _, name = backend.target.partition("/")
             weight = _WEIGHTS.get(name, 1)
