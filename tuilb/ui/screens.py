@@ -126,13 +126,16 @@ class Details(ModalScreen[None]):
         rows = [
             ("address", backend.address),
             ("state", backend.state),
-            ("health", backend.health),
+            ("health", health_text(backend)),
+            ("checks", check_text(backend)),
+            ("passive", passive_text(backend)),
             ("weight", f"{backend.weight} (configured {backend.config_weight})"),
-            ("effective weight", backend.effective_weight),
+            ("effective weight", weight_text(backend)),
             ("max connections", backend.max_connections or "unlimited"),
             ("active connections", backend.active_connections),
             ("total connections", backend.total_connections),
             ("failed connects", backend.failed_connects),
+            ("resets by backend", backend.resets),
             ("last error", backend.last_error or "-"),
             (
                 "bytes in / out",
@@ -141,6 +144,15 @@ class Details(ModalScreen[None]):
         ]
         for name, value in rows:
             table.add_row(name, safe(value))
+        if backend.checks:
+            table.add_row("", "")
+            table.add_row("recent checks", "")
+            for check in backend.checks[-8:]:
+                verdict = Text("pass", "green") if check.ok else Text("FAIL", "bold red")
+                took = f"{check.duration * 1000:.0f} ms"
+                table.add_row(
+                    _clock(check.ts), verdict + Text(f"  {took:>7}  ") + safe(check.reason)
+                )
         table.add_row("", "")
         table.add_row("recent events", "")
         for event in events[-12:]:
@@ -149,6 +161,35 @@ class Details(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def health_text(b: BackendSnapshot) -> str:
+    """'up 3/3' (3 failures from down), 'down 1/2' (1 of 2 successes to up), 'unknown'."""
+    text = f"{b.health} {b.health_progress}".strip()
+    return f"{text}, ejected" if b.ejected else text
+
+
+def check_text(b: BackendSnapshot) -> str:
+    if b.check == "none":
+        return "none configured"
+    last = b.last_check
+    if last is None:
+        return f"{b.check}: no result yet"
+    verdict = "passed" if last.ok else "failed"
+    return f"{b.check}: last {verdict} ({last.reason}) in {last.duration * 1000:.0f} ms"
+
+
+def passive_text(b: BackendSnapshot) -> str:
+    ejections = f"{b.ejections} ejection{'s' if b.ejections != 1 else ''} so far"
+    if b.ejected:
+        return f"ejected, back in {b.eject_left:.0f}s ({ejections})"
+    return f"in ({ejections})" if b.ejections else "in"
+
+
+def weight_text(b: BackendSnapshot) -> str:
+    if b.slow_start < 1.0:
+        return f"{b.effective_weight:.1f} (slow start: {b.slow_start:.0%} of {b.weight})"
+    return f"{b.effective_weight:g}"
 
 
 def _clock(ts: float) -> str:
