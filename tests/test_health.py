@@ -4,6 +4,7 @@ them (check results, ejections, slow start), with a hand-driven clock."""
 from __future__ import annotations
 
 import pytest
+import trio
 
 from tuilb import health as hc
 from tuilb.config import parse
@@ -322,3 +323,21 @@ def test_no_passive_table_means_no_ejection() -> None:
     for _ in range(10):
         m.connect_failed(a, "connect refused")
     assert not a.ejected and a.failed_connects == 10
+
+
+def test_snapshots_still_work_once_the_engine_has_stopped() -> None:
+    """The dashboard may read after the run: the model's clock must not need trio then."""
+    from tests.conftest import make_config
+    from tuilb.engine import Engine
+
+    engine = Engine(make_config([9]))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            engine.request_shutdown()
+
+    trio.run(main)
+    snap = engine.model.snapshot()
+    assert snap.backend("app/b1").eject_left == 0.0
+    assert engine.model.monotonic() == engine.model.monotonic()

@@ -132,6 +132,10 @@ class Engine:
             for _, sock in sockets:
                 sock.close()
             self._pipes.close()
+            # The dashboard may still read snapshots once the run is over, when trio's
+            # clock is gone: time stands still for the model from here on.
+            stopped_at = trio.current_time()
+            self.model.monotonic = lambda: stopped_at
         self.log("stopped")
 
     async def _bind_all(self) -> list[tuple[ListenerConfig, socket.socket]]:
