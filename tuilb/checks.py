@@ -25,6 +25,17 @@ class LocalError(Exception):
     """The check could not run for a reason of ours (out of descriptors): no verdict."""
 
 
+def _first_error(exc: OSError) -> OSError:
+    """trio.open_tcp_stream reports failed attempts as one OSError without an errno,
+    caused by a group of the attempts' errors: the first of those says what happened."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        for inner in cause.exceptions:
+            if isinstance(inner, OSError):
+                return inner
+    return exc
+
+
 def _describe(exc: OSError) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connect refused"
@@ -48,6 +59,7 @@ async def probe(address: Address, config: HealthConfig) -> CheckResult:
     except trio.TooSlowError:
         ok, reason = False, "timeout"
     except OSError as exc:
+        exc = _first_error(exc)
         if exc.errno in _LOCAL_ERRNOS:
             raise LocalError(_describe(exc)) from None
         ok, reason = False, _describe(exc)
@@ -78,7 +90,10 @@ async def _http(stream: trio.SocketStream, config: HealthConfig, host: str) -> t
         except h11.RemoteProtocolError as exc:
             return False, f"bad response: {exc}"[:120]
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(16384))
+            data = await stream.receive_some(16384)
+            if not data and not status:  # h11 would call this a protocol error
+                return False, "connection closed before a response"
+            conn.receive_data(data)
             continue
         if isinstance(event, h11.Response):
             status = event.status_code
@@ -88,9 +103,10 @@ async def _http(stream: trio.SocketStream, config: HealthConfig, host: str) -> t
                 return True, f"HTTP {status}"
         elif isinstance(event, h11.Data) and expect is not None:
             body += event.data
+            del body[BODY_LIMIT:]  # the verdict must not depend on how the reads fall
             if expect in body:
                 return True, f"HTTP {status}, body matched"
-            if len(body) > BODY_LIMIT:
+            if len(body) >= BODY_LIMIT:
                 return False, f"HTTP {status}, body mismatch (not in the first 64 KiB)"
         elif isinstance(event, h11.EndOfMessage):
             return False, f"HTTP {status}, body mismatch"
