@@ -282,7 +282,7 @@ def test_passive_ejection_through_the_model(model: tuple[Model, Clock]) -> None:
     m, clock = model
     a, b = m.backend("app/a"), m.backend("app/b")
     m.connect_failed(a, "connect refused")
-    m.connected(a)  # a success breaks the run
+    m.connection_ok(a)  # a connection that ended well breaks the run
     m.connect_failed(a, "connect refused")
     assert not a.ejected
     m.backend_reset(a)

@@ -462,18 +462,7 @@ async def test_last_eligible_backend_of_a_pool_is_never_ejected(nursery):
 
 @pytest.mark.parametrize(
     "failures",
-    [
-        1,
-        pytest.param(
-            3,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="model.connected() after each successful connect ends the run of "
-                "failures, and every reset follows a successful connect: resets never "
-                "add up past one",
-            ),
-        ),
-    ],
+    [1, 3],
 )
 async def test_resetting_backend_is_ejected_after_consecutive_resets(nursery, failures):
     resetter = Resetter()

@@ -301,8 +301,10 @@ class Model:
             cause = hc.up_cause(before, config.rise, result.reason)
         self.set_health(backend, new, cause)
 
-    def connected(self, backend: Backend) -> None:
-        """A connect to `backend` succeeded: its run of traffic failures is over."""
+    def connection_ok(self, backend: Backend) -> None:
+        """A connection to `backend` ended without a fault of the backend's: its run of
+        traffic failures is over. Counted when a connection ends, not when it connects,
+        so a backend that accepts and then resets every connection still adds up."""
         if backend.outlier.failures:
             hc.on_success(backend.outlier)
 

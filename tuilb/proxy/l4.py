@@ -37,7 +37,7 @@ class _LocalError(Exception):
 class Connection:
     """One proxied connection: what the idle sweeper and the counters need."""
 
-    __slots__ = ("backend", "eofs", "progress", "scope", "seen", "since")
+    __slots__ = ("backend", "backend_failed", "eofs", "progress", "scope", "seen", "since")
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -46,6 +46,7 @@ class Connection:
         self.since = 0.0
         self.scope: trio.CancelScope | None = None
         self.eofs = 0
+        self.backend_failed = False  # the backend reset the connection
 
     def ended(self, dst: socket.socket) -> None:
         """One direction saw EOF: pass the half-close on. When the other direction has
@@ -177,7 +178,6 @@ class TcpProxy:
             if err:
                 raise OSError(err, os.strerror(err))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.model.connected(backend)
         except (OSError, trio.TooSlowError) as exc:
             if sock is not None:
                 sock.close()
@@ -210,6 +210,8 @@ class TcpProxy:
                 await self._direction(upstream, client, conn, False, nursery.cancel_scope)
         finally:
             self.connections.discard(conn)
+            if not conn.backend_failed:
+                self.model.connection_ok(backend)
             self.model.connection_ended(backend)
             self._release(backend)
 
@@ -232,6 +234,7 @@ class TcpProxy:
             arm_reset(dst)
             scope.cancel()
             if (end is End.RESET) is not upstream:  # the backend's side failed
+                conn.backend_failed = True
                 self.model.backend_reset(conn.backend)
 
 
