@@ -18,11 +18,13 @@ from typing import Any
 from tuilb.balance import ALGORITHMS
 from tuilb.errors import ConfigError, Problem
 from tuilb.healthconf import HealthConfig, PassiveConfig, check_health, check_passive
+from tuilb.httpconf import HttpListener, Limits, check_http_listener, check_limits
 from tuilb.tomlpos import Path as KeyPath
 from tuilb.tomlpos import key_lines, line_of
 
 PROTOCOLS = ("tcp",)
 LATER_PROTOCOLS = ("http", "udp")  # in the schema, not yet served
+HTTP_ONLY = ("routes", "tls", "trusted_proxies")
 PUMPS = ("default", "splice")
 UNWEIGHTED = ("round_robin", "least_connections")
 MAX_WEIGHT = 256
@@ -69,9 +71,10 @@ class PoolConfig:
 class ListenerConfig:
     name: str
     bind: Address
-    pool: str
+    pool: str | None  # tcp: required; http: the default when no route matches (or none: 404)
     protocol: str = "tcp"
     pump: str = "default"
+    http: HttpListener = HttpListener()  # noqa: RUF009 (frozen: one shared default is fine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,12 @@ class Timeouts:
     connect: float = 5.0
     idle: float = 3600.0
     shutdown_grace: float = 30.0
+    # HTTP listeners
+    request_headers: float = 10.0  # the whole request head must arrive (else 408)
+    keepalive: float = 15.0  # an idle client connection between requests is closed
+    response: float = 30.0  # the backend's first response byte (else 504)
+    body: float = 30.0  # no body bytes either way for this long: close
+    tls_handshake: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,7 @@ class Config:
     timeouts: Timeouts
     source: str = "<config>"
     ui: UiConfig = UiConfig()
+    limits: Limits = Limits()  # noqa: RUF009 (frozen: one shared default is fine)
 
     def summary(self) -> str:
         n_backends = sum(len(p.backends) for p in self.pools.values())
@@ -263,14 +273,23 @@ class _Checker:
         return value
 
     def config(self, data: dict[str, Any], source: str) -> Config | None:
-        self.table(data, (), ("listeners", "pools", "timeouts", "ui"))
+        self.table(data, (), ("listeners", "pools", "timeouts", "limits", "ui"))
+        self.source_dir = Path(source).parent if not source.startswith("<") else Path.cwd()
         pools = self.pools(data.get("pools"))
         listeners = self.listeners(data.get("listeners"), pools)
         timeouts = self.timeouts(data.get("timeouts", {}))
+        limits = check_limits(self, data.get("limits", {}))
         ui = self.ui(data.get("ui", {}))
         if self.problems:
             return None
-        return Config(listeners=listeners, pools=pools, timeouts=timeouts, source=source, ui=ui)
+        return Config(
+            listeners=listeners,
+            pools=pools,
+            timeouts=timeouts,
+            source=source,
+            ui=ui,
+            limits=limits,
+        )
 
     def ui(self, value: object) -> UiConfig:
         path: KeyPath = ("ui",)
@@ -288,7 +307,7 @@ class _Checker:
 
     def timeouts(self, value: object) -> Timeouts:
         path: KeyPath = ("timeouts",)
-        fields = ("connect", "idle", "shutdown_grace")
+        fields = tuple(Timeouts.__dataclass_fields__)
         table = self.table(value, path, fields)
         defaults = Timeouts()
         out: dict[str, float] = {}
@@ -405,20 +424,27 @@ class _Checker:
         if not isinstance(entry, dict):
             self.table(entry, path, ())
             return None
-        table = self.table(entry, path, ("name", "bind", "protocol", "pool", "pump"))
+        table = self.table(entry, path, ("name", "bind", "protocol", "pool", "pump", *HTTP_ONLY))
         name = self.name(self.get(table, "name", path, str, required=True), (*path, "name"))
         bind = self.address(
             self.get(table, "bind", path, str, required=True), (*path, "bind"), bind=True
         )
         protocol = self.choice(table, "protocol", path, PROTOCOLS, "tcp")
         pump = self.choice(table, "pump", path, PUMPS, "default")
-        pool = self.get(table, "pool", path, str, required=True)
+        http = HttpListener()
+        if protocol == "http":
+            http = check_http_listener(self, table, path, pools, self.source_dir)
+        else:
+            for key in HTTP_ONLY:
+                if key in table:
+                    self.problem((*path, key), f'{key!r} applies to protocol = "http" only')
+        pool = self.get(table, "pool", path, str, required=protocol != "http")
         if pool is not None and pool not in pools:
             known = ", ".join(pools) or "none defined"
             self.problem((*path, "pool"), f"no pool named {pool!r}; pools: {known}")
-        if name is None or bind is None or pool is None:
+        if name is None or bind is None or (pool is None and protocol != "http"):
             return None
-        return ListenerConfig(name, bind, pool, protocol, pump)
+        return ListenerConfig(name, bind, pool, protocol, pump, http)
 
     def choice(
         self, table: dict[str, Any], key: str, path: KeyPath, allowed: tuple[str, ...], default: str

@@ -185,6 +185,7 @@ class Engine:
         return sock
 
     def _proxy(self, listener: ListenerConfig) -> TcpProxy:
+        assert listener.pool is not None  # required for tcp listeners by the config check
         pump: Pump = (
             make_splice_pump(self._pipes)
             if listener.pump == "splice"
