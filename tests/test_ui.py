@@ -25,7 +25,6 @@ from rich.text import Text
 from textual import events
 from textual.app import App
 from textual.command import CommandList, CommandPalette
-from textual.coordinate import Coordinate
 from textual.pilot import Pilot
 from textual.widgets import Input, RichLog, Static
 from textual.widgets._toast import Toast
@@ -124,9 +123,7 @@ def cell(app: TuilbApp, target: str, column: str) -> str:
 
 
 def rows(app: TuilbApp) -> list[str]:
-    table = table_of(app)
-    keys = (table.coordinate_to_cell_key(Coordinate(i, 0)).row_key for i in range(table.row_count))
-    return [str(key.value) for key in keys]
+    return table_of(app).order
 
 
 def screen_text(app: App[Any]) -> str:

@@ -226,10 +226,10 @@ class TuilbApp(App[int]):
                 )
             )
 
-    def on_data_table_row_highlighted(self) -> None:
+    def on_backend_table_row_highlighted(self) -> None:
         self._update_sparks()
 
-    def on_data_table_row_selected(self) -> None:
+    def on_backend_table_row_selected(self) -> None:
         self.action_details()
 
     # -- commands -----------------------------------------------------------------------------
