@@ -27,7 +27,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class _LocalError(Exception):
+class LocalError(Exception):
     """A failure of this process (no descriptors left), not of the backend."""
 
     def __init__(self, error: OSError) -> None:
@@ -119,7 +119,7 @@ class TcpProxy:
                 return
             upstream, backend = picked
             await self.relay(client, upstream, backend)
-        except _LocalError as exc:
+        except LocalError as exc:
             self._error("connection_error", None, describe(exc.error))
         except OSError as exc:
             self._error("connection_error", None, describe(exc))
@@ -160,38 +160,17 @@ class TcpProxy:
         a sizeable share of the new-connection cost.
         """
         self.model.connection_started(backend)
-        sock = None
         try:
-            family, sockaddr = backend.sockaddr or await _resolve(backend.address)
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            except OSError as exc:
-                # Out of descriptors is our problem, not the backend's: no failure on it.
-                raise _LocalError(exc) from None
-            err = sock.connect_ex(sockaddr)
-            if err == errno.EINPROGRESS:
-                with trio.move_on_after(self.timeouts.connect) as waited:
-                    await wait_writable(sock.fileno())
-                if waited.cancelled_caught:
-                    raise trio.TooSlowError
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return await connect_socket(backend, self.timeouts.connect)
         except (OSError, trio.TooSlowError) as exc:
-            if sock is not None:
-                sock.close()
             self.model.connection_aborted(backend, describe(exc))
             self._release(backend)
             self._error("connect_failed", backend, describe(exc))
             return None
         except BaseException:
-            if sock is not None:
-                sock.close()
             self.model.connection_aborted(backend)
             self._release(backend)
             raise
-        return sock
 
     def _release(self, backend: Backend) -> None:
         if backend.max_connections:
@@ -236,6 +215,34 @@ class TcpProxy:
             if (end is End.RESET) is not upstream:  # the backend's side failed
                 conn.backend_failed = True
                 self.model.backend_reset(conn.backend)
+
+
+async def connect_socket(backend: Backend, timeout: float) -> socket.socket:
+    """A connected non-blocking socket to `backend`. Raises OSError or trio.TooSlowError
+    for the backend's faults and `LocalError` for ours (out of descriptors)."""
+    sock = None
+    try:
+        family, sockaddr = backend.sockaddr or await _resolve(backend.address)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:
+            # Out of descriptors is our problem, not the backend's: no failure on it.
+            raise LocalError(exc) from None
+        err = sock.connect_ex(sockaddr)
+        if err == errno.EINPROGRESS:
+            with trio.move_on_after(timeout) as waited:
+                await wait_writable(sock.fileno())
+            if waited.cancelled_caught:
+                raise trio.TooSlowError
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    return sock
 
 
 async def _resolve(address: Address) -> tuple[int, tuple[str, int]]:
