@@ -50,6 +50,7 @@ def key_lines(text: str) -> dict[Path, int]:
                 if last and is_array:
                     index = array_len.get(key, 0)
                     array_len[key] = index + 1
+                    lines.setdefault(key, number)  # the array itself: its first table
                     resolved.append(index)
                 elif key in array_len:
                     resolved.append(array_len[key] - 1)
