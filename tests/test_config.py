@@ -536,9 +536,9 @@ backends = [{ name = "a1", address = "127.0.0.1:9001" }]
     ),
     # -- protocols and pumps
     (
-        "protocol http is not supported yet",
-        conf(L='protocol = "http"  #@x\n'),
-        [("listeners[0].protocol", "protocol 'http' is not supported yet", "x")],
+        "routes on a tcp listener",
+        conf(L='[[listeners.routes]]  #@x\npool = "app"\n'),
+        [("listeners[0].routes", "'routes' applies to protocol = \"http\" only", "x")],
     ),
     (
         "protocol udp is not supported yet",

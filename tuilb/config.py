@@ -22,8 +22,8 @@ from tuilb.httpconf import HttpListener, Limits, check_http_listener, check_limi
 from tuilb.tomlpos import Path as KeyPath
 from tuilb.tomlpos import key_lines, line_of
 
-PROTOCOLS = ("tcp",)
-LATER_PROTOCOLS = ("http", "udp")  # in the schema, not yet served
+PROTOCOLS = ("tcp", "http")
+LATER_PROTOCOLS = ("udp",)  # in the schema, not yet served
 HTTP_ONLY = ("routes", "tls", "trusted_proxies")
 PUMPS = ("default", "splice")
 UNWEIGHTED = ("round_robin", "least_connections")
@@ -451,7 +451,9 @@ class _Checker:
     ) -> str:
         value: str = self.get(table, key, path, str, default)
         if value in LATER_PROTOCOLS and key == "protocol":
-            self.problem((*path, key), f"protocol {value!r} is not supported yet; use 'tcp'")
+            self.problem(
+                (*path, key), f"protocol {value!r} is not supported yet; use 'tcp' or 'http'"
+            )
         elif value not in allowed:
             self.problem((*path, key), f"{value!r} is not one of: {', '.join(allowed)}")
         return value

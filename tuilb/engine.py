@@ -18,7 +18,7 @@ import gc
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable
@@ -38,6 +38,9 @@ from tuilb.proxy.pump import (
     make_copy_pump,
     make_splice_pump,
 )
+
+if TYPE_CHECKING:
+    from tuilb.l7.proxy import HttpProxy
 
 # Accept errors that concern one connection that died in the queue, not the listener.
 _TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
@@ -69,6 +72,7 @@ class Engine:
         self._balancers = {name: balance.make(p.algorithm) for name, p in config.pools.items()}
         self._capacity = {name: trio.lowlevel.ParkingLot() for name in config.pools}
         self.health = HealthService(self.model)
+        self._http: list[HttpProxy] = []
         self.model.subscribe(self._on_event)
 
     # -- control from outside (same thread as trio) ----------------------------------------
@@ -84,7 +88,7 @@ class Engine:
 
     @property
     def active_connections(self) -> int:
-        return len(self.connections)
+        return len(self.connections) + sum(proxy.clients for proxy in self._http)
 
     # -- the root task -----------------------------------------------------------------------
     async def bind(self) -> list[Bound]:
@@ -132,6 +136,8 @@ class Engine:
             for _, sock in sockets:
                 sock.close()
             self._pipes.close()
+            for proxy in self._http:
+                proxy.close()
             # The dashboard may still read snapshots once the run is over, when trio's
             # clock is gone: time stands still for the model from here on.
             stopped_at = trio.current_time()
@@ -184,7 +190,14 @@ class Engine:
             ) from None
         return sock
 
-    def _proxy(self, listener: ListenerConfig) -> TcpProxy:
+    def _proxy(self, listener: ListenerConfig) -> TcpProxy | HttpProxy:
+        if listener.protocol == "http":
+            from tuilb.l7.proxy import HttpProxy  # only configs with http listeners load h11 paths
+
+            http = HttpProxy(listener, self.config, self.model, self._balancers, self._on_error)
+            self._http.append(http)
+            self.before_shutdown.append(http.begin_shutdown)
+            return http
         assert listener.pool is not None  # required for tcp listeners by the config check
         pump: Pump = (
             make_splice_pump(self._pipes)
@@ -207,7 +220,7 @@ class Engine:
         self,
         listener: ListenerConfig,
         sock: socket.socket,
-        proxy: TcpProxy,
+        proxy: TcpProxy | HttpProxy,
         conns: trio.Nursery,
     ) -> None:
         handle, accept, fd = proxy.handle, sock.accept, sock.fileno()

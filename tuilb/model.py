@@ -71,7 +71,9 @@ class Backend:
         "pool",
         "ramp",
         "ramp_since",
+        "requests",
         "resets",
+        "responses",
         "sockaddr",
         "target",
         "total",
@@ -96,6 +98,8 @@ class Backend:
         self.bytes_out = 0  # from this backend back to clients
         self.last_error = ""
         self.resets = 0  # connections the backend reset (or closed under a write)
+        self.requests = 0  # HTTP: responses received, by class below (1xx..5xx)
+        self.responses = [0, 0, 0, 0, 0]
         # Health checks: the hysteresis counters and the recent results.
         self.hysteresis = Hysteresis(rise, fall)
         self.checks: deque[CheckResult] = deque(maxlen=CHECK_HISTORY)
@@ -181,6 +185,8 @@ class BackendSnapshot:
     eject_left: float = 0.0  # seconds of ejection left
     ejections: int = 0
     slow_start: float = 1.0  # share of the weight in use; below 1 while ramping
+    requests: int = 0  # HTTP responses received
+    responses: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # 1xx, 2xx, 3xx, 4xx, 5xx
 
     @property
     def last_check(self) -> CheckResult | None:
@@ -308,6 +314,12 @@ class Model:
         if backend.outlier.failures:
             hc.on_success(backend.outlier)
 
+    def response(self, backend: Backend, status: int) -> None:
+        """HTTP: `backend` answered a request with `status`."""
+        backend.requests += 1
+        if 100 <= status < 600:
+            backend.responses[status // 100 - 1] += 1
+
     def backend_reset(self, backend: Backend) -> None:
         backend.resets += 1
         self._traffic_failure(backend, "reset by backend")
@@ -430,4 +442,6 @@ def _backend_snapshot(b: Backend, check: str, now: float) -> BackendSnapshot:
         eject_left=max(0.0, b.outlier.ejected_until - now) if b.ejected else 0.0,
         ejections=b.ejections,
         slow_start=b.ramp,
+        requests=b.requests,
+        responses=(b.responses[0], b.responses[1], b.responses[2], b.responses[3], b.responses[4]),
     )

@@ -1,0 +1,227 @@
+"""The HTTP proxy end to end: real h11 clients and backends on loopback, the real engine."""
+
+from __future__ import annotations
+
+import trio
+
+from tests.conftest import start_engine
+from tests.l7util import Client, HttpBackend, Received, http_config, raw_exchange, start_backends
+
+
+async def test_get_is_proxied_with_forwarding_headers_and_hop_by_hop_dropped(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    client = await Client.open(run.port)
+    answer = await client.request(
+        "GET",
+        "/hello?x=1",
+        headers=[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("user-agent", "test"),
+        ],
+    )
+    assert (answer.status, answer.body) == (200, b"a GET /hello?x=1\n")
+    got = a.requests[0]
+    assert got.target == b"/hello?x=1"
+    assert got.header(b"host") == [b"example.test"]
+    assert got.header(b"x-forwarded-for") == [b"127.0.0.1"]  # not trusted: replaced
+    assert got.header(b"x-forwarded-proto") == [b"http"]
+    assert got.header(b"x-forwarded-host") == [b"example.test"]
+    assert got.header(b"user-agent") == [b"test"]
+    for name in (b"x-secret", b"keep-alive"):
+        assert got.header(name) == []
+    await client.aclose()
+
+
+async def test_keep_alive_on_both_sides(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    client = await Client.open(run.port)
+    for i in range(5):
+        answer = await client.request("GET", f"/{i}")
+        assert answer.status == 200 and answer.body == f"a GET /{i}\n".encode()
+    assert len(a.requests) == 5
+    assert a.connections == 1  # one backend connection, reused
+    await client.aclose()
+
+
+async def test_requests_of_one_client_are_balanced(nursery):
+    a, b = await start_backends(nursery, "a", "b")
+    run = await start_engine(nursery, http_config({"app": [a.port, b.port]}))
+    client = await Client.open(run.port)
+    bodies = [(await client.request("GET", "/")).body for _ in range(4)]
+    assert bodies == [b"a GET /\n", b"b GET /\n"] * 2
+    await client.aclose()
+
+
+async def test_routes_by_host_path_method_and_header(nursery):
+    app, api, canary = await start_backends(nursery, "app", "api", "canary")
+    routes = (
+        '[[listeners.routes]]\npool = "canary"\nheaders = { "x-canary" = "1" }\n'
+        '[[listeners.routes]]\npool = "api"\nhost = "*.example.com"\npath_prefix = "/api/"\n'
+        'methods = ["GET", "POST"]\n'
+    )
+    config = http_config(
+        {"app": [app.port], "api": [api.port], "canary": [canary.port]}, listener_extra=routes
+    )
+    run = await start_engine(nursery, config)
+    client = await Client.open(run.port)
+    cases = [
+        ("GET", "/api/x", "a.example.com", [], b"api"),
+        ("GET", "/api/x", "a.example.com:8080", [], b"api"),  # the port is ignored
+        ("DELETE", "/api/x", "a.example.com", [], b"app"),  # method not listed
+        ("GET", "/apix", "a.example.com", [], b"app"),
+        ("GET", "/api/x", "example.com", [], b"app"),  # the wildcard needs a subdomain
+        ("GET", "/", "other", [("x-canary", "1")], b"canary"),
+        ("GET", "/", "other", [("x-canary", "2")], b"app"),
+    ]
+    for method, target, host, headers, pool in cases:
+        answer = await client.request(method, target, headers=headers, host=host)
+        assert answer.body.split(b" ")[0] == pool, (method, target, host, headers)
+    await client.aclose()
+
+
+async def test_no_route_and_no_default_pool_is_a_404(nursery):
+    (api,) = await start_backends(nursery, "api")
+    routes = '[[listeners.routes]]\npool = "api"\npath_prefix = "/api/"\n'
+    run = await start_engine(nursery, http_config({"api": [api.port]}, listener_extra=routes))
+    client = await Client.open(run.port)
+    answer = await client.request("GET", "/nothing")
+    assert answer.status == 404
+    answer = await client.request("GET", "/api/ok")  # the connection is still usable
+    assert answer.status == 200
+    assert [r.target for r in api.requests] == [b"/api/ok"]
+    await client.aclose()
+
+
+async def test_bodies_stream_both_ways_fixed_and_chunked(nursery):
+    async def echo(backend: HttpBackend, got: Received):
+        return 200, [(b"transfer-encoding", b"chunked")], got.body
+
+    backend = HttpBackend("echo", echo)
+    await nursery.start(backend.serve)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    client = await Client.open(run.port)
+    big = bytes(range(256)) * 4096  # 1 MiB
+    answer = await client.request("POST", "/", body=big)
+    assert answer.status == 200 and answer.body == big
+    answer = await client.request("PUT", "/", body=[b"one ", b"two ", b"three"])
+    assert answer.body == b"one two three"
+    assert backend.requests[1].header(b"transfer-encoding") == [b"chunked"]
+    assert backend.requests[0].header(b"content-length") == [str(len(big)).encode()]
+    await client.aclose()
+
+
+async def test_503_when_no_backend_is_usable(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    run.model.set_admin(
+        run.model.backend("app/app1"), run.model.backend("app/app1").admin.DISABLED, "test"
+    )
+    client = await Client.open(run.port)
+    answer = await client.request("GET", "/")
+    assert answer.status == 503
+    assert b"503" in answer.body
+    await client.aclose()
+
+
+async def test_502_when_every_backend_refuses(nursery):
+    ports = []
+    for _ in range(2):  # ports with nothing listening
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.1", 0))
+        ports.append(sock.getsockname()[1])
+        sock.close()
+    run = await start_engine(nursery, http_config({"app": ports}))
+    client = await Client.open(run.port)
+    answer = await client.request("GET", "/")
+    assert answer.status == 502
+    await client.aclose()
+
+
+async def test_504_when_the_backend_does_not_answer_in_time(nursery):
+    async def slow(backend: HttpBackend, got: Received):
+        await trio.sleep(10)
+        return 200, [], b"late"
+
+    backend = HttpBackend("slow", slow)
+    await nursery.start(backend.serve)
+    config = http_config({"app": [backend.port]}, extra="[timeouts]\nresponse = 0.2\n")
+    run = await start_engine(nursery, config)
+    client = await Client.open(run.port)
+    answer = await client.request("GET", "/")
+    assert answer.status == 504
+    await client.aclose()
+
+
+async def test_smuggling_content_length_with_transfer_encoding_never_reaches_a_backend(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    raw = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    reply = await raw_exchange(run.port, raw)
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert a.requests == []
+
+
+async def test_oversized_request_line_and_headers(nursery):
+    (a,) = await start_backends(nursery, "a")
+    extra = "[limits]\nmax_request_line = 100\nmax_header_bytes = 1024\nmax_headers = 5\n"
+    run = await start_engine(nursery, http_config({"app": [a.port]}, extra=extra))
+    reply = await raw_exchange(run.port, b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 414 ")
+    reply = await raw_exchange(
+        run.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 2000 + b"\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 431 ")
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(10))
+    reply = await raw_exchange(run.port, b"GET / HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 431 ")
+    assert a.requests == []
+
+
+async def test_413_for_a_body_over_the_limit(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(
+        nursery, http_config({"app": [a.port]}, extra="[limits]\nmax_body = 10\n")
+    )
+    client = await Client.open(run.port)
+    answer = await client.request("POST", "/", body=b"x" * 11)
+    assert answer.status == 413
+    assert a.requests == []
+
+
+async def test_a_backend_dying_mid_body_truncates_the_client_response(nursery):
+    async def half(backend: HttpBackend, got: Received):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10  # then closes
+
+    backend = HttpBackend("half", half)
+    await nursery.start(backend.serve)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    client = await Client.open(run.port)
+    with trio.fail_after(5):
+        answer = await client.request("GET", "/")
+    assert answer.status == 200 and not answer.complete
+    await client.aclose()
+
+
+async def test_http10_without_host_gets_one_and_the_connection_closes(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    reply = await raw_exchange(run.port, b"GET /old HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") or reply.startswith(b"HTTP/1.0 200 ")
+    assert reply.endswith(b"a GET /old\n")
+    assert a.requests[0].header(b"host") == [b"127.0.0.1:0"]
+
+
+async def test_http11_without_host_is_a_400(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    reply = await raw_exchange(run.port, b"GET / HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert a.requests == []

@@ -1,0 +1,498 @@
+"""HTTP/1.1 reverse proxy: h11 on both sides, balancing per request, streamed bodies.
+
+One `HttpProxy` serves one `protocol = "http"` listener. `handle()` owns a client
+connection: read a request head (within `request_headers`, limits enforced here since
+h11's buffer limit is not a header-size limit), check it (rules.py), route it
+(route.py), get a backend connection (pooled or new, connect failures retried on other
+backends), pass the request with re-serialized headers and its body streamed, then the
+response likewise. Decisions live in rules.py and route.py; this is the I/O shell.
+
+Retries: a failed connect is retried on other backends (up to `CONNECT_TRIES` in all);
+an idempotent request without a body whose *pooled* connection turns out dead before any
+response byte is sent again once on a fresh connection. Nothing is ever sent twice once
+a body has gone out, so a POST is never repeated.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import h11
+import trio
+
+from tuilb.balance import Balancer
+from tuilb.config import Config, ListenerConfig
+from tuilb.httpconf import RouteConfig
+from tuilb.l7 import route as routing
+from tuilb.l7 import rules
+from tuilb.l7.stream import SocketStream
+from tuilb.l7.upstream import Upstream, UpstreamPool
+from tuilb.model import AdminState, Backend, Model, Pool
+from tuilb.proxy.l4 import LocalError, connect_socket, describe
+
+DISCARD_LIMIT = 65536  # an unwanted request body read past to keep the connection
+CONNECT_TRIES = 3  # the first attempt and two retries on other backends
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class _Fail(Exception):
+    """End this exchange with an error response (if none was started) and close."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        self.status = status
+        self.detail = detail
+
+
+class _Retry(Exception):
+    """A pooled connection was dead before any response byte: try a fresh one."""
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class HttpProxy:
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        config: Config,
+        model: Model,
+        balancers: dict[str, Balancer],
+        on_error: Callable[[str, Backend | None, str, str], None],
+    ) -> None:
+        self.listener = listener
+        self.routes: tuple[RouteConfig, ...] = listener.http.routes
+        self.trusted = listener.http.trusted_proxies
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        self.model = model
+        self.balancers = balancers
+        self.on_error = on_error
+        self.upstreams = UpstreamPool()
+        self._own_host = str(listener.bind).encode()
+        self.clients = 0  # open client connections
+        self.closing = False  # shutdown began: finish what is in flight, keep nothing alive
+        self._idle_clients: set[trio.CancelScope] = set()
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """Close idle keep-alive clients now; responses in flight end with a close."""
+        self.closing = True
+        for scope in list(self._idle_clients):
+            scope.cancel()
+
+    def close(self) -> None:
+        self.upstreams.close()
+
+    def _error(self, event: str, backend: Backend | None, reason: str) -> None:
+        self.on_error(event, backend, reason, self.listener.name)
+
+    # -- one client connection --------------------------------------------------------------
+    async def handle(self, sock: socket.socket, peer: Any) -> None:
+        client_ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        stream = SocketStream(sock)
+        server = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self.clients += 1
+        try:
+            first = True
+            while not self.closing or first:
+                request = await self._read_request(stream, server, first)
+                if request is None:
+                    return
+                if not await self._exchange(stream, server, request, client_ip):
+                    return
+                if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
+                    return
+                server.start_next_cycle()
+                first = False
+        except (OSError, _ClientGone, trio.TooSlowError):
+            pass  # the client went away or stalled; nothing left to tell it
+        except Exception as exc:  # one connection must never end the engine
+            self._error("connection_error", None, f"internal error: {exc!r}")
+        finally:
+            self.clients -= 1
+            sock.close()
+
+    async def _read_request(
+        self, stream: SocketStream, server: h11.Connection, first: bool
+    ) -> h11.Request | None:
+        """The next request head, or None when the client is done (or was answered with
+        an error and must be closed)."""
+        limit = self.limits.max_request_line
+        line_bytes = 0  # bytes of this request seen before its first newline
+        line_done = False
+        started = False
+        deadline = trio.current_time() + self.timeouts.request_headers
+        while True:
+            try:
+                event = server.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._send_error(stream, server, exc.error_status_hint, str(exc))
+                return None
+            if isinstance(event, h11.Request):
+                return event
+            if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                return None
+            # NEED_DATA: the first byte of a later request may wait `keepalive`.
+            if not started and not first:
+                wait_until = trio.current_time() + self.timeouts.keepalive
+            else:
+                wait_until = deadline
+            data = await self._receive_idle(stream, wait_until, idle=not started)
+            if data is None:  # timed out
+                if started:
+                    await self._send_error(stream, server, 408, "request head too slow")
+                return None
+            if not started:
+                started = True
+                deadline = trio.current_time() + self.timeouts.request_headers
+            if not line_done:
+                newline = data.find(b"\n")
+                line_done = newline >= 0
+                line_bytes += newline if line_done else len(data)
+                if line_bytes > limit:
+                    await self._send_error(stream, server, 414, "request line too long")
+                    return None
+            server.receive_data(data)
+
+    async def _receive_idle(self, stream: SocketStream, until: float, idle: bool) -> bytes | None:
+        scope = trio.CancelScope(deadline=until)
+        if idle:
+            self._idle_clients.add(scope)
+            if self.closing:
+                scope.cancel()
+        try:
+            with scope:
+                return await stream.receive()
+        finally:
+            self._idle_clients.discard(scope)
+        return None
+
+    # -- one request ------------------------------------------------------------------------
+    async def _exchange(
+        self, stream: SocketStream, server: h11.Connection, request: h11.Request, client_ip: str
+    ) -> bool:
+        """Serve one request; False when the client connection must close."""
+        headers = list(request.headers)
+        problem = rules.check_request(
+            request.method, request.target, headers, self.limits, http_version=request.http_version
+        )
+        if problem is not None:
+            await self._send_error(stream, server, problem.status, problem.reason)
+            return False
+        authority, target = rules.split_target(request.target)
+        header_map = routing.header_map(headers)
+        host_header = authority or next(iter(header_map.get(b"host", ())), None)
+        host = routing.normalize_host(host_header)
+        path = target.split(b"?", 1)[0].decode("latin-1")
+        method = request.method.decode("ascii")
+        pool_name, index = routing.pick_route(
+            self.routes, self.listener.pool, method, host, path, header_map
+        )
+        if pool_name is None:
+            return await self._refuse(stream, server, 404, "no route for this request")
+        route = self.routes[index] if index is not None else None
+        max_body = route.max_body if route is not None and route.max_body is not None else 0
+        max_body = max_body or self.limits.max_body
+        body, length = rules.request_framing(headers)
+        if max_body and length is not None and length > max_body:
+            await self._send_error(stream, server, 413, f"body over {max_body} bytes")
+            return False
+        trusted = self._trusted(client_ip)
+        forward = rules.forward_request_headers(
+            headers,
+            client_ip=client_ip,
+            proto="http",
+            host=host_header or self._own_host,  # HTTP/1.0 without Host: name ourselves
+            trusted=trusted,
+            upgrade=False,
+            body=body,
+            length=length,
+        )
+        outgoing = h11.Request(method=request.method, target=target, headers=forward)
+        pool = self.model.pools[pool_name]
+        try:
+            return await self._forward(
+                stream,
+                server,
+                pool,
+                outgoing,
+                client_ip,
+                max_body,
+                bool(length) or body == "chunked",
+            )
+        except _Fail as fail:
+            await self._send_error(stream, server, fail.status, fail.detail)
+            return False
+
+    def _trusted(self, client_ip: str) -> bool:
+        if not self.trusted or not client_ip:
+            return False
+        import ipaddress
+
+        try:
+            address = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
+
+    async def _forward(
+        self,
+        stream: SocketStream,
+        server: h11.Connection,
+        pool: Pool,
+        request: h11.Request,
+        client_ip: str,
+        max_body: int,
+        has_body: bool,
+    ) -> bool:
+        may_retry = request.method in IDEMPOTENT and not has_body
+        tried: set[Backend] = set()
+        while True:
+            upstream = await self._upstream(pool, client_ip, tried)
+            backend = upstream.backend
+            try:
+                await self._pass_request(stream, server, upstream, request, max_body)
+                response = await self._response_head(upstream)
+            except _Retry:
+                self.model.connection_ended(backend)
+                upstream.close()
+                if may_retry:
+                    may_retry = False
+                    continue
+                raise _Fail(502, "the backend closed the connection") from None
+            except BaseException:
+                self.model.connection_ended(backend)
+                upstream.close()
+                raise
+            break
+        try:
+            keep = await self._pass_response(stream, server, upstream, response)
+        except BaseException:
+            self.model.connection_ended(backend)
+            upstream.close()
+            raise
+        self.model.connection_ok(backend)
+        self.model.connection_ended(backend)
+        self.upstreams.give(upstream, trio.current_time())
+        return keep
+
+    async def _upstream(self, pool: Pool, client_ip: str, tried: set[Backend]) -> Upstream:
+        """A connection to a backend of `pool`: pooled if one is idle, else a new one."""
+        balancer = self.balancers[pool.name]
+        failures = 0
+        while True:
+            backend = balancer.pick(pool.backends, client_ip, tried)
+            if backend is None:
+                self.model.refused(pool)
+                if failures:
+                    raise _Fail(502, "no backend accepted the connection")
+                self._error("no_backend", None, f"no usable backend in pool {pool.name!r}")
+                raise _Fail(503, f"no usable backend in pool {pool.name!r}")
+            self.model.connection_started(backend)
+            upstream = self.upstreams.take(backend, trio.current_time())
+            if upstream is not None:
+                return upstream
+            tried.add(backend)
+            try:
+                sock = await connect_socket(backend, self.timeouts.connect)
+            except LocalError:
+                self.model.connection_aborted(backend)
+                raise _Fail(503, "out of file descriptors") from None
+            except (OSError, trio.TooSlowError) as exc:
+                self.model.connection_aborted(backend, describe(exc))
+                self._error("connect_failed", backend, describe(exc))
+                failures += 1
+                if failures >= CONNECT_TRIES:
+                    raise _Fail(502, "no backend accepted the connection") from None
+                continue
+            except BaseException:
+                self.model.connection_aborted(backend)
+                raise
+            return Upstream(backend, SocketStream(sock))
+
+    async def _pass_request(
+        self,
+        stream: SocketStream,
+        server: h11.Connection,
+        upstream: Upstream,
+        request: h11.Request,
+        max_body: int,
+    ) -> None:
+        try:
+            await upstream.stream.send(upstream.conn.send(request) or b"")
+        except OSError:
+            if upstream.reused:
+                raise _Retry from None
+            raise _Fail(502, "cannot send to the backend") from None
+        sent = 0
+        while True:
+            event = await self._client_event(stream, server)
+            if isinstance(event, h11.Data):
+                sent += len(event.data)
+                if max_body and sent > max_body:
+                    raise _Fail(413, f"body over {max_body} bytes")
+                data = upstream.conn.send(event)
+            elif isinstance(event, h11.EndOfMessage):
+                data = upstream.conn.send(h11.EndOfMessage())
+            else:
+                raise _ClientGone
+            try:
+                await upstream.stream.send(data or b"")
+            except OSError:
+                self.model.backend_reset(upstream.backend)
+                raise _Fail(502, "the backend closed the connection mid-request") from None
+            if isinstance(event, h11.EndOfMessage):
+                return
+
+    async def _client_event(self, stream: SocketStream, server: h11.Connection) -> object:
+        """The next request body event from the client, within the body timeout."""
+        while True:
+            try:
+                event = server.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _Fail(exc.error_status_hint, str(exc)) from None
+            if event is not h11.NEED_DATA:
+                return event
+            with trio.move_on_after(self.timeouts.body):
+                server.receive_data(await stream.receive())
+                continue
+            raise _Fail(408, "request body too slow")
+
+    async def _response_head(self, upstream: Upstream) -> h11.Response:
+        conn = upstream.conn
+        got_bytes = False
+        with trio.move_on_after(self.timeouts.response) as waited:
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    if not got_bytes and upstream.reused:
+                        raise _Retry from None
+                    self.model.backend_reset(upstream.backend)
+                    raise _Fail(502, f"bad response from the backend: {exc}") from None
+                if isinstance(event, h11.Response):
+                    return event
+                if isinstance(event, h11.InformationalResponse):
+                    continue  # 100 Continue and friends: our client gets the final answer
+                if isinstance(event, h11.ConnectionClosed):
+                    raise _Retry if upstream.reused else _Fail(502, "backend closed early")
+                try:
+                    data = await upstream.stream.receive()
+                except OSError:
+                    if not got_bytes and upstream.reused:
+                        raise _Retry from None
+                    self.model.backend_reset(upstream.backend)
+                    raise _Fail(502, "the backend reset the connection") from None
+                if not data and not got_bytes and upstream.reused:
+                    raise _Retry
+                got_bytes = got_bytes or bool(data)
+                conn.receive_data(data)
+        assert waited.cancelled_caught
+        self._error("response_timeout", upstream.backend, "no response in time")
+        raise _Fail(504, "the backend did not answer in time")
+
+    async def _pass_response(
+        self,
+        stream: SocketStream,
+        server: h11.Connection,
+        upstream: Upstream,
+        response: h11.Response,
+    ) -> bool:
+        close = self.closing or upstream.backend.admin is not AdminState.READY
+        headers = rules.forward_response_headers(list(response.headers), close=close, upgrade=False)
+        self.model.response(upstream.backend, response.status_code)
+        out = h11.Response(
+            status_code=response.status_code, headers=headers, reason=response.reason
+        )
+        await _send(stream, server.send(out))
+        conn = upstream.conn
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                # The backend broke off mid-body: close the client too, so the truncation
+                # shows; a partial response is never made to look complete.
+                self.model.backend_reset(upstream.backend)
+                raise _ClientGone from None
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(self.timeouts.body) as waited:
+                    try:
+                        data = await upstream.stream.receive()
+                    except OSError:
+                        data = None
+                if waited.cancelled_caught or data is None:
+                    self.model.backend_reset(upstream.backend)
+                    raise _ClientGone
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Data):
+                await _send(stream, server.send(event))
+            elif isinstance(event, h11.EndOfMessage):
+                await _send(stream, server.send(h11.EndOfMessage()))
+                return not close and server.our_state is h11.DONE
+            else:
+                raise _ClientGone
+
+    # -- errors -----------------------------------------------------------------------------
+    async def _refuse(
+        self, stream: SocketStream, server: h11.Connection, status: int, why: str
+    ) -> bool:
+        """An error answer that keeps the connection if the request's body (up to
+        DISCARD_LIMIT, as nginx discards one) can be read past in time."""
+        await self._send_error(stream, server, status, why)
+        discarded = 0
+        with trio.move_on_after(self.timeouts.body):
+            while discarded <= DISCARD_LIMIT:
+                try:
+                    event = server.next_event()
+                except h11.RemoteProtocolError:
+                    return False
+                if isinstance(event, h11.EndOfMessage):
+                    return server.our_state is h11.DONE
+                if isinstance(event, h11.Data):
+                    discarded += len(event.data)
+                elif event is h11.NEED_DATA:
+                    server.receive_data(await stream.receive())
+                else:
+                    return False
+        return False
+
+    async def _send_error(
+        self, stream: SocketStream, server: h11.Connection, status: int, detail: str
+    ) -> None:
+        headers, body = rules.error_response(status, detail)
+        if server.our_state is h11.IDLE:
+            # No request was parsed (request line too long, head too slow): h11 has no
+            # exchange to answer in, so the answer is written by hand. It always closes.
+            head = f"HTTP/1.1 {status} {rules.reason_phrase(status)}\r\n".encode()
+            if (b"connection", b"close") not in headers:
+                headers.append((b"connection", b"close"))
+            head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+            try:
+                await stream.send(head + b"\r\n" + body)
+            except OSError:
+                pass
+            return
+        if server.our_state is not h11.SEND_RESPONSE:
+            return  # a response has begun: all we can do is close
+        try:
+            data = server.send(h11.Response(status_code=status, headers=headers))
+            data = (data or b"") + (server.send(h11.Data(data=body)) or b"")
+            data += server.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            return
+        try:
+            await stream.send(data)
+        except OSError:
+            pass
+
+
+async def _send(stream: SocketStream, data: bytes | None) -> None:
+    if data:
+        try:
+            await stream.send(data)
+        except OSError:
+            raise _ClientGone from None

@@ -1,0 +1,63 @@
+"""Byte streams for the HTTP proxy: a non-blocking socket read and written directly (the
+L4 pump's reasoning: trio's SocketStream wrapper costs per call on the hottest path), and
+later a TLS stream with the same two methods."""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+from trio.lowlevel import wait_readable, wait_writable
+
+CHUNK = 65536
+
+
+class Stream(Protocol):
+    async def receive(self) -> bytes:
+        """Some bytes; b"" at end of stream. Raises OSError on a reset."""
+        ...
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SocketStream:
+    __slots__ = ("fd", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+
+    async def receive(self) -> bytes:
+        recv = self.sock.recv
+        while True:
+            try:
+                return recv(CHUNK)
+            except BlockingIOError:
+                await wait_readable(self.fd)
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        send = self.sock.send
+        while view:
+            try:
+                sent = send(view)
+            except BlockingIOError:
+                await wait_writable(self.fd)
+                continue
+            view = view[sent:]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def reusable(self) -> bool:
+        """An idle kept-alive connection is reusable when nothing is waiting on it: no EOF
+        (the backend closed it) and no stray bytes (a protocol error). One syscall."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # EOF or stray bytes: either way not for another request
