@@ -17,6 +17,7 @@ import trio
 
 from tuilb.config import Config, parse
 from tuilb.engine import Engine
+from tuilb.log import null_log
 from tuilb.model import Model
 
 LINGER_RESET = struct.pack("ii", 1, 0)
@@ -104,8 +105,10 @@ class Running:
         return self.engine.model
 
 
-async def start_engine(nursery: trio.Nursery, config: Config, log: Any = None) -> Running:
-    engine = Engine(config, log=log) if log is not None else Engine(config)
+async def start_engine(
+    nursery: trio.Nursery, config: Config, log: Any = None, access_log: bool = False
+) -> Running:
+    engine = Engine(config, log=log or null_log, access_log=access_log)
     stopped = trio.Event()
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

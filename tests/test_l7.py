@@ -225,3 +225,51 @@ async def test_http11_without_host_is_a_400(nursery):
     reply = await raw_exchange(run.port, b"GET / HTTP/1.1\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert a.requests == []
+
+
+async def test_access_log_and_snapshot_counters(nursery):
+    from tests.conftest import RecordingLog
+
+    (a,) = await start_backends(nursery, "a")
+    log = RecordingLog()
+    run = await start_engine(nursery, http_config({"app": [a.port]}), log=log, access_log=True)
+    client = await Client.open(run.port)
+    for _ in range(3):
+        assert (await client.request("GET", "/x?y=1")).status == 200
+    bad = await raw_exchange(
+        run.port,
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    assert bad.startswith(b"HTTP/1.1 400 ")
+    lines = [fields for event, _, fields in log.records if event == "request"]
+    assert len(lines) == 4
+    ok = lines[0]
+    assert (ok["listener"], ok["client"], ok["method"], ok["path"], ok["status"]) == (
+        "web",
+        "127.0.0.1",
+        "GET",
+        "/x?y=1",
+        200,
+    )
+    assert ok["backend"] == "app/app1" and ok["bytes"] == len(b"a GET /x?y=1\n")
+    assert isinstance(ok["ms"], float)
+    assert (lines[3]["status"], lines[3]["backend"]) == (400, "-")
+    snap = run.model.snapshot()
+    backend = snap.backend("app/app1")
+    assert backend.requests == 3 and backend.responses == (0, 3, 0, 0, 0)
+    assert len(backend.latency) == 3 and 0 < backend.latency[0] <= backend.latency[2]
+    (listener,) = snap.listeners
+    assert (listener.name, listener.requests, listener.errors) == ("web", 4, 1)
+    await client.aclose()
+
+
+async def test_no_access_log_unless_asked(nursery):
+    from tests.conftest import RecordingLog
+
+    (a,) = await start_backends(nursery, "a")
+    log = RecordingLog()
+    run = await start_engine(nursery, http_config({"app": [a.port]}), log=log)
+    client = await Client.open(run.port)
+    assert (await client.request("GET", "/")).status == 200
+    assert "request" not in log.events()
+    await client.aclose()

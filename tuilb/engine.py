@@ -54,8 +54,15 @@ class Bound:
 
 
 class Engine:
-    def __init__(self, config: Config, model: Model | None = None, log: Log = null_log) -> None:
+    def __init__(
+        self,
+        config: Config,
+        model: Model | None = None,
+        log: Log = null_log,
+        access_log: bool = False,
+    ) -> None:
         self.config = config
+        self.access_log = access_log  # HTTP: a log line per request (headless mode)
         self.model = model if model is not None else Model(config.pools.values())
         self.log = log
         self.connections: set[Connection] = set()
@@ -195,6 +202,8 @@ class Engine:
             from tuilb.l7.proxy import HttpProxy  # only configs with http listeners load h11 paths
 
             http = HttpProxy(listener, self.config, self.model, self._balancers, self._on_error)
+            if self.access_log:
+                http.access = self.log
             self._http.append(http)
             self.before_shutdown.append(http.begin_shutdown)
             return http

@@ -63,7 +63,7 @@ async def _serve(engine: Engine, log: Log, companions: Sequence[Companion]) -> N
 
 
 async def serve_headless(config: Config, log: Log, companions: Sequence[Companion] = ()) -> None:
-    engine = Engine(config, log=log)
+    engine = Engine(config, log=log, access_log=True)
     # Handlers go in before anything is logged: a SIGTERM sent as soon as "listening"
     # appears must still mean a graceful shutdown.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -25,6 +25,7 @@ from enum import StrEnum
 from tuilb import health as hc
 from tuilb.config import Address, BackendConfig, PoolConfig
 from tuilb.health import CheckResult, Health, Hysteresis, Outlier, Verdict
+from tuilb.latency import LatencyWindow
 
 __all__ = ["AdminState", "Backend", "CheckResult", "Event", "Health", "Model", "Snapshot"]
 
@@ -62,6 +63,7 @@ class Backend:
         "ejected",
         "ejections",
         "failed_connects",
+        "latency",
         "health",
         "hysteresis",
         "last_error",
@@ -100,6 +102,7 @@ class Backend:
         self.resets = 0  # connections the backend reset (or closed under a write)
         self.requests = 0  # HTTP: responses received, by class below (1xx..5xx)
         self.responses = [0, 0, 0, 0, 0]
+        self.latency = LatencyWindow()  # HTTP: request sent -> response head received
         # Health checks: the hysteresis counters and the recent results.
         self.hysteresis = Hysteresis(rise, fall)
         self.checks: deque[CheckResult] = deque(maxlen=CHECK_HISTORY)
@@ -187,10 +190,25 @@ class BackendSnapshot:
     slow_start: float = 1.0  # share of the weight in use; below 1 while ramping
     requests: int = 0  # HTTP responses received
     responses: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # 1xx, 2xx, 3xx, 4xx, 5xx
+    latency: tuple[float, ...] = ()  # HTTP: p50, p90, p99 seconds over the last 10 s
 
     @property
     def last_check(self) -> CheckResult | None:
         return self.checks[-1] if self.checks else None
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    name: str
+    requests: int = 0  # responses sent to clients
+    errors: int = 0  # 5xx sent, and 4xx tuilb made up (bad requests)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSnapshot:
+    name: str
+    requests: int
+    errors: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +223,7 @@ class PoolSnapshot:
 class Snapshot:
     ts: float
     pools: tuple[PoolSnapshot, ...]
+    listeners: tuple[ListenerSnapshot, ...] = ()
 
     def backend(self, target: str) -> BackendSnapshot:
         pool, _, name = target.partition("/")
@@ -228,6 +247,7 @@ class Model:
         self.monotonic = monotonic  # for ejections and slow start (the engine: trio's clock)
         self.pools: dict[str, Pool] = {p.name: Pool(p) for p in pools}
         self.events: deque[Event] = deque(maxlen=event_capacity)
+        self.listeners: dict[str, ListenerStats] = {}  # HTTP listeners, as they serve
         self._next_event = 1
         self._subscribers: list[Callable[[Event], None]] = []
 
@@ -314,11 +334,22 @@ class Model:
         if backend.outlier.failures:
             hc.on_success(backend.outlier)
 
-    def response(self, backend: Backend, status: int) -> None:
-        """HTTP: `backend` answered a request with `status`."""
+    def response(self, backend: Backend, status: int, seconds: float) -> None:
+        """HTTP: `backend` answered a request with `status` after `seconds`."""
         backend.requests += 1
         if 100 <= status < 600:
             backend.responses[status // 100 - 1] += 1
+        backend.latency.record(seconds, self.monotonic())
+
+    def listener_response(self, listener: str, status: int, ours: bool) -> None:
+        """HTTP: a response went to a client of `listener`; `ours` when tuilb made it up
+        (an error of its own) rather than passing on a backend's."""
+        stats = self.listeners.get(listener)
+        if stats is None:
+            stats = self.listeners[listener] = ListenerStats(listener)
+        stats.requests += 1
+        if status >= 500 or (ours and status >= 400):
+            stats.errors += 1
 
     def backend_reset(self, backend: Backend) -> None:
         backend.resets += 1
@@ -412,6 +443,7 @@ class Model:
                 )
                 for p in self.pools.values()
             ),
+            tuple(ListenerSnapshot(x.name, x.requests, x.errors) for x in self.listeners.values()),
         )
 
 
@@ -444,4 +476,5 @@ def _backend_snapshot(b: Backend, check: str, now: float) -> BackendSnapshot:
         slow_start=b.ramp,
         requests=b.requests,
         responses=(b.responses[0], b.responses[1], b.responses[2], b.responses[3], b.responses[4]),
+        latency=b.latency.percentiles(now) if b.requests else (),
     )

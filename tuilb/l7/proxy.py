@@ -29,6 +29,7 @@ from tuilb.l7 import route as routing
 from tuilb.l7 import rules
 from tuilb.l7.stream import SocketStream
 from tuilb.l7.upstream import Upstream, UpstreamPool
+from tuilb.log import Log
 from tuilb.model import AdminState, Backend, Model, Pool
 from tuilb.proxy.l4 import LocalError, connect_socket, describe
 
@@ -53,6 +54,20 @@ class _ClientGone(Exception):
     pass
 
 
+class _Req:
+    """What the access log says about one request."""
+
+    __slots__ = ("backend", "bytes", "method", "path", "start", "status")
+
+    def __init__(self, method: bytes, path: bytes, start: float) -> None:
+        self.method = method
+        self.path = path
+        self.start = start
+        self.status = 0  # 0: no response was sent (the client went away first)
+        self.bytes = 0  # response body bytes sent to the client
+        self.backend = ""
+
+
 class HttpProxy:
     def __init__(
         self,
@@ -70,6 +85,7 @@ class HttpProxy:
         self.model = model
         self.balancers = balancers
         self.on_error = on_error
+        self.access: Log | None = None  # one line per request (headless mode sets it)
         self.upstreams = UpstreamPool()
         self._own_host = str(listener.bind).encode()
         self.clients = 0  # open client connections
@@ -175,12 +191,41 @@ class HttpProxy:
         self, stream: SocketStream, server: h11.Connection, request: h11.Request, client_ip: str
     ) -> bool:
         """Serve one request; False when the client connection must close."""
+        req = _Req(request.method, request.target, trio.current_time())
+        try:
+            return await self._serve(stream, server, request, client_ip, req)
+        finally:
+            if self.access is not None:
+                self._access_line(client_ip, req)
+
+    def _access_line(self, client_ip: str, req: _Req) -> None:
+        assert self.access is not None
+        self.access(
+            "request",
+            listener=self.listener.name,
+            client=client_ip,
+            method=req.method.decode("ascii", "replace"),
+            path=req.path.decode("latin-1"),
+            status=req.status or "-",
+            bytes=req.bytes,
+            backend=req.backend or "-",
+            ms=round((trio.current_time() - req.start) * 1000, 1),
+        )
+
+    async def _serve(
+        self,
+        stream: SocketStream,
+        server: h11.Connection,
+        request: h11.Request,
+        client_ip: str,
+        req: _Req,
+    ) -> bool:
         headers = list(request.headers)
         problem = rules.check_request(
             request.method, request.target, headers, self.limits, http_version=request.http_version
         )
         if problem is not None:
-            await self._send_error(stream, server, problem.status, problem.reason)
+            await self._send_error(stream, server, problem.status, problem.reason, req)
             return False
         authority, target = rules.split_target(request.target)
         header_map = routing.header_map(headers)
@@ -192,13 +237,13 @@ class HttpProxy:
             self.routes, self.listener.pool, method, host, path, header_map
         )
         if pool_name is None:
-            return await self._refuse(stream, server, 404, "no route for this request")
+            return await self._refuse(stream, server, 404, "no route for this request", req)
         route = self.routes[index] if index is not None else None
         max_body = route.max_body if route is not None and route.max_body is not None else 0
         max_body = max_body or self.limits.max_body
         body, length = rules.request_framing(headers)
         if max_body and length is not None and length > max_body:
-            await self._send_error(stream, server, 413, f"body over {max_body} bytes")
+            await self._send_error(stream, server, 413, f"body over {max_body} bytes", req)
             return False
         trusted = self._trusted(client_ip)
         forward = rules.forward_request_headers(
@@ -221,10 +266,11 @@ class HttpProxy:
                 outgoing,
                 client_ip,
                 max_body,
+                req,
                 bool(length) or body == "chunked",
             )
         except _Fail as fail:
-            await self._send_error(stream, server, fail.status, fail.detail)
+            await self._send_error(stream, server, fail.status, fail.detail, req)
             return False
 
     def _trusted(self, client_ip: str) -> bool:
@@ -246,6 +292,7 @@ class HttpProxy:
         request: h11.Request,
         client_ip: str,
         max_body: int,
+        req: _Req,
         has_body: bool,
     ) -> bool:
         may_retry = request.method in IDEMPOTENT and not has_body
@@ -254,6 +301,7 @@ class HttpProxy:
             upstream = await self._upstream(pool, client_ip, tried)
             backend = upstream.backend
             try:
+                sent_at = trio.current_time()
                 await self._pass_request(stream, server, upstream, request, max_body)
                 response = await self._response_head(upstream)
             except _Retry:
@@ -269,7 +317,9 @@ class HttpProxy:
                 raise
             break
         try:
-            keep = await self._pass_response(stream, server, upstream, response)
+            self.model.response(backend, response.status_code, trio.current_time() - sent_at)
+            req.backend = backend.target
+            keep = await self._pass_response(stream, server, upstream, response, req)
         except BaseException:
             self.model.connection_ended(backend)
             upstream.close()
@@ -400,10 +450,12 @@ class HttpProxy:
         server: h11.Connection,
         upstream: Upstream,
         response: h11.Response,
+        req: _Req,
     ) -> bool:
         close = self.closing or upstream.backend.admin is not AdminState.READY
         headers = rules.forward_response_headers(list(response.headers), close=close, upgrade=False)
-        self.model.response(upstream.backend, response.status_code)
+        req.status = response.status_code
+        self.model.listener_response(self.listener.name, response.status_code, ours=False)
         out = h11.Response(
             status_code=response.status_code, headers=headers, reason=response.reason
         )
@@ -429,6 +481,7 @@ class HttpProxy:
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Data):
+                req.bytes += len(event.data)
                 await _send(stream, server.send(event))
             elif isinstance(event, h11.EndOfMessage):
                 await _send(stream, server.send(h11.EndOfMessage()))
@@ -438,11 +491,11 @@ class HttpProxy:
 
     # -- errors -----------------------------------------------------------------------------
     async def _refuse(
-        self, stream: SocketStream, server: h11.Connection, status: int, why: str
+        self, stream: SocketStream, server: h11.Connection, status: int, why: str, req: _Req
     ) -> bool:
         """An error answer that keeps the connection if the request's body (up to
         DISCARD_LIMIT, as nginx discards one) can be read past in time."""
-        await self._send_error(stream, server, status, why)
+        await self._send_error(stream, server, status, why, req)
         discarded = 0
         with trio.move_on_after(self.timeouts.body):
             while discarded <= DISCARD_LIMIT:
@@ -461,9 +514,22 @@ class HttpProxy:
         return False
 
     async def _send_error(
-        self, stream: SocketStream, server: h11.Connection, status: int, detail: str
+        self,
+        stream: SocketStream,
+        server: h11.Connection,
+        status: int,
+        detail: str,
+        req: _Req | None = None,
     ) -> None:
         headers, body = rules.error_response(status, detail)
+        if server.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self.model.listener_response(self.listener.name, status, ours=True)
+            if req is not None:
+                req.status, req.bytes = status, len(body)
+            elif self.access is not None:  # no request was parsed: log what we can
+                bad = _Req(b"-", b"-", trio.current_time())
+                bad.status, bad.bytes = status, len(body)
+                self._access_line("-", bad)
         if server.our_state is h11.IDLE:
             # No request was parsed (request line too long, head too slow): h11 has no
             # exchange to answer in, so the answer is written by hand. It always closes.
