@@ -58,7 +58,9 @@ class LatencyWindow:
                         total[i] += n
         return total
 
-    def percentiles(self, now: float, wanted: tuple[float, ...] = (50, 90, 99)) -> tuple[float, ...]:
+    def percentiles(
+        self, now: float, wanted: tuple[float, ...] = (50, 90, 99)
+    ) -> tuple[float, ...]:
         """The requested percentiles in seconds; empty when nothing was recorded."""
         counts = self.merged(now)
         total = sum(counts)
