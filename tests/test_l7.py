@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from tests.conftest import start_engine
+from tests.conftest import poll, start_engine
 from tests.l7util import Client, HttpBackend, Received, http_config, raw_exchange, start_backends
 
 
@@ -273,3 +273,83 @@ async def test_no_access_log_unless_asked(nursery):
     assert (await client.request("GET", "/")).status == 200
     assert "request" not in log.events()
     await client.aclose()
+
+
+async def test_an_upgrade_becomes_a_tunnel_both_ways(nursery):
+    seen_heads: list[bytes] = []
+
+    async def upgrade_echo(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        head, _, rest = head.partition(b"\r\n\r\n")
+        seen_heads.append(head)
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+            b"hello from the backend;"
+        )
+        if rest:
+            await stream.send_all(rest)
+        while data := await stream.receive_some(4096):
+            await stream.send_all(data)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, upgrade_echo, listeners)
+    run = await start_engine(nursery, http_config({"app": [port]}))
+    stream = await trio.open_tcp_stream("127.0.0.1", run.port)
+    await stream.send_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly;"
+    )
+    got = b""
+    with trio.fail_after(5):
+        while b"early;" not in got:
+            got += await stream.receive_some(4096)
+        assert got.startswith(b"HTTP/1.1 101 ")
+        assert b"hello from the backend;" in got
+        for word in (b"ping", b"pong"):
+            await stream.send_all(word)
+            echoed = b""
+            while len(echoed) < len(word):
+                echoed += await stream.receive_some(4096)
+            assert echoed == word
+    head = seen_heads[0].lower()
+    assert b"upgrade: echo" in head and b"connection: upgrade" in head
+    await stream.aclose()
+
+
+async def test_a_drain_ends_with_the_requests_in_flight_not_the_connections(nursery):
+    release = trio.Event()
+
+    async def slow(backend: HttpBackend, got: Received):
+        if got.target == b"/slow":
+            await release.wait()
+        return 200, [], b"done"
+
+    backend = HttpBackend("a", slow)
+    await nursery.start(backend.serve)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    model = run.model
+    target = model.backend("app/app1")
+    idle_client = await Client.open(run.port)
+    assert (await idle_client.request("GET", "/")).status == 200  # now idle, kept alive
+    busy = await Client.open(run.port)
+    answers = []
+
+    async def slow_request() -> None:
+        answers.append(await busy.request("GET", "/slow"))
+
+    nursery.start_soon(slow_request)
+    with trio.fail_after(5):
+        await poll(lambda: target.active == 1)
+    model.set_admin(target, target.admin.DRAINING, "test")
+    assert not [e for e in model.events if e.kind == "drained"]  # one request in flight
+    release.set()
+    with trio.fail_after(5):
+        await poll(lambda: bool(answers))
+    assert answers[0].status == 200
+    assert answers[0].header(b"connection") == [b"close"]  # its client is told to go
+    drained = [e for e in model.events if e.kind == "drained"]
+    assert len(drained) == 1  # while the idle client is still connected
+    await idle_client.aclose()
+    await busy.aclose()

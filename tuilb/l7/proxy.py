@@ -246,13 +246,14 @@ class HttpProxy:
             await self._send_error(stream, server, 413, f"body over {max_body} bytes", req)
             return False
         trusted = self._trusted(client_ip)
+        upgrade = rules.is_upgrade(headers)
         forward = rules.forward_request_headers(
             headers,
             client_ip=client_ip,
             proto="http",
             host=host_header or self._own_host,  # HTTP/1.0 without Host: name ourselves
             trusted=trusted,
-            upgrade=False,
+            upgrade=upgrade,
             body=body,
             length=length,
         )
@@ -319,7 +320,11 @@ class HttpProxy:
         try:
             self.model.response(backend, response.status_code, trio.current_time() - sent_at)
             req.backend = backend.target
-            keep = await self._pass_response(stream, server, upstream, response, req)
+            if isinstance(response, h11.InformationalResponse):
+                await self._tunnel(stream, server, upstream, response, req)
+                keep = False
+            else:
+                keep = await self._pass_response(stream, server, upstream, response, req)
         except BaseException:
             self.model.connection_ended(backend)
             upstream.close()
@@ -328,6 +333,51 @@ class HttpProxy:
         self.model.connection_ended(backend)
         self.upstreams.give(upstream, trio.current_time())
         return keep
+
+    async def _tunnel(
+        self,
+        stream: SocketStream,
+        server: h11.Connection,
+        upstream: Upstream,
+        response: h11.InformationalResponse,
+        req: _Req,
+    ) -> None:
+        """After a 101: pass the switch on, then copy raw bytes both ways until either side
+        ends (WebSocket and other upgrades). Idle for `timeouts.idle`: closed."""
+        headers = rules.forward_response_headers(list(response.headers), close=False, upgrade=True)
+        req.status = 101
+        self.model.listener_response(self.listener.name, 101, ours=False)
+        switch = h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason)
+        try:
+            data = server.send(switch)
+        except h11.LocalProtocolError:
+            raise _Fail(502, "the backend switched protocols unasked") from None
+        await _send(stream, data)
+        # Bytes that came in behind the heads belong to the new protocol.
+        client_extra, backend_extra = server.trailing_data[0], upstream.conn.trailing_data[0]
+        if backend_extra:
+            await _send(stream, backend_extra)
+        if client_extra:
+            await upstream.stream.send(client_extra)
+        idle = self.timeouts.idle
+
+        async def copy(source: SocketStream, sink: SocketStream, scope: trio.CancelScope) -> None:
+            try:
+                while True:
+                    with trio.move_on_after(idle) as waited:
+                        data = await source.receive()
+                    if waited.cancelled_caught or not data:
+                        break
+                    await sink.send(data)
+                    if sink is stream:
+                        req.bytes += len(data)
+            except OSError:
+                pass
+            scope.cancel()  # either side ending ends the tunnel
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(copy, stream, upstream.stream, nursery.cancel_scope)
+            nursery.start_soon(copy, upstream.stream, stream, nursery.cancel_scope)
 
     async def _upstream(self, pool: Pool, client_ip: str, tried: set[Backend]) -> Upstream:
         """A connection to a backend of `pool`: pooled if one is idle, else a new one."""
@@ -411,7 +461,7 @@ class HttpProxy:
                 continue
             raise _Fail(408, "request body too slow")
 
-    async def _response_head(self, upstream: Upstream) -> h11.Response:
+    async def _response_head(self, upstream: Upstream) -> h11.Response | h11.InformationalResponse:
         conn = upstream.conn
         got_bytes = False
         with trio.move_on_after(self.timeouts.response) as waited:
@@ -426,6 +476,8 @@ class HttpProxy:
                 if isinstance(event, h11.Response):
                     return event
                 if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101:
+                        return event  # the backend took the upgrade: a tunnel follows
                     continue  # 100 Continue and friends: our client gets the final answer
                 if isinstance(event, h11.ConnectionClosed):
                     raise _Retry if upstream.reused else _Fail(502, "backend closed early")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import h11
 
 from tuilb.l7.stream import SocketStream
-from tuilb.model import Backend
+from tuilb.model import AdminState, Backend
 
 MAX_IDLE_PER_BACKEND = 32
 IDLE_LIMIT = 30.0  # seconds an idle backend connection is kept (backends close them too)
@@ -54,8 +54,8 @@ class UpstreamPool:
 
     def give(self, upstream: Upstream, now: float) -> None:
         """Keep `upstream` for another request if its exchange ended cleanly."""
-        if not upstream.clean:
-            upstream.close()
+        if not upstream.clean or upstream.backend.admin is not AdminState.READY:
+            upstream.close()  # a draining or disabled backend keeps no idle connection
             return
         upstream.conn.start_next_cycle()
         idle = self._idle.setdefault(upstream.backend, [])
