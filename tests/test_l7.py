@@ -353,3 +353,79 @@ async def test_a_drain_ends_with_the_requests_in_flight_not_the_connections(nurs
     assert len(drained) == 1  # while the idle client is still connected
     await idle_client.aclose()
     await busy.aclose()
+
+
+async def _dies_on_reuse(nursery) -> HttpBackend:
+    """A backend that reads the second request of its first connection and hangs up
+    without a byte of answer: what a kept-alive connection closing under a request
+    looks like. Every other request gets "fresh"."""
+
+    async def reply(backend: HttpBackend, got: Received):
+        on_first = [r for r in backend.requests if r.conn == 1]
+        if got.conn == 1 and len(on_first) == 2:
+            return None
+        return 200, [], b"fresh"
+
+    backend = HttpBackend("a", reply)
+    await nursery.start(backend.serve)
+    return backend
+
+
+async def test_an_idempotent_request_on_a_dead_pooled_connection_is_retried_once(nursery):
+    backend = await _dies_on_reuse(nursery)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    client = await Client.open(run.port)
+    assert (await client.request("GET", "/1")).body == b"fresh"
+    answer = await client.request("GET", "/2")
+    assert (answer.status, answer.body) == (200, b"fresh")
+    assert [(r.target, r.conn) for r in backend.requests] == [(b"/1", 1), (b"/2", 1), (b"/2", 2)]
+    await client.aclose()
+
+
+async def test_a_post_is_never_sent_twice(nursery):
+    backend = await _dies_on_reuse(nursery)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    client = await Client.open(run.port)
+    assert (await client.request("GET", "/1")).body == b"fresh"
+    answer = await client.request("POST", "/2", body=b"payload")
+    assert answer.status == 502
+    assert [(r.method, r.conn) for r in backend.requests] == [(b"GET", 1), (b"POST", 1)]
+    await client.aclose()
+
+
+async def test_a_slow_request_head_gets_408_and_an_idle_keepalive_client_is_closed(nursery):
+    (a,) = await start_backends(nursery, "a")
+    extra = "[timeouts]\nrequest_headers = 0.2\nkeepalive = 0.2\n"
+    run = await start_engine(nursery, http_config({"app": [a.port]}, extra=extra))
+    reply = await raw_exchange(run.port, b"GET / HTTP/1.1\r\nHost: x\r\n")  # never ends
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    client = await Client.open(run.port)
+    assert (await client.request("GET", "/")).status == 200
+    with trio.fail_after(5):  # then nothing: the proxy closes the idle connection
+        assert await client.stream.receive_some(100) == b""
+    await client.aclose()
+
+
+async def test_a_trusted_proxy_chain_is_extended_an_untrusted_one_replaced(nursery):
+    (a,) = await start_backends(nursery, "a")
+    trusting = http_config({"app": [a.port]}, listener_extra='trusted_proxies = ["127.0.0.0/8"]\n')
+    run = await start_engine(nursery, trusting)
+    client = await Client.open(run.port)
+    headers = [("x-forwarded-for", "203.0.113.7"), ("forwarded", "for=203.0.113.7")]
+    assert (await client.request("GET", "/", headers=headers)).status == 200
+    got = a.requests[-1]
+    assert got.header(b"x-forwarded-for") == [b"203.0.113.7, 127.0.0.1"]
+    assert b"".join(got.header(b"forwarded")).startswith(b"for=203.0.113.7, for=127.0.0.1")
+    await client.aclose()
+
+
+async def test_shutdown_closes_idle_keepalive_clients_at_once(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    client = await Client.open(run.port)
+    assert (await client.request("GET", "/")).status == 200
+    run.engine.request_shutdown()
+    with trio.fail_after(5):  # well inside the 30 s grace and the 15 s keepalive
+        assert await client.stream.receive_some(100) == b""
+        await run.stopped.wait()
+    await client.aclose()

@@ -27,7 +27,8 @@ from tuilb.config import Config, ListenerConfig
 from tuilb.httpconf import RouteConfig
 from tuilb.l7 import route as routing
 from tuilb.l7 import rules
-from tuilb.l7.stream import SocketStream
+from tuilb.l7.stream import SocketStream, Stream
+from tuilb.l7.tls import TlsServer
 from tuilb.l7.upstream import Upstream, UpstreamPool
 from tuilb.log import Log
 from tuilb.model import AdminState, Backend, Model, Pool
@@ -76,8 +77,12 @@ class HttpProxy:
         model: Model,
         balancers: dict[str, Balancer],
         on_error: Callable[[str, Backend | None, str, str], None],
+        tls: TlsServer | None = None,
     ) -> None:
         self.listener = listener
+        if tls is None and listener.http.tls:  # the engine builds it before binding
+            tls = TlsServer(listener.name, listener.http.tls)
+        self.tls = tls
         self.routes: tuple[RouteConfig, ...] = listener.http.routes
         self.trusted = listener.http.trusted_proxies
         self.timeouts = config.timeouts
@@ -108,10 +113,15 @@ class HttpProxy:
     # -- one client connection --------------------------------------------------------------
     async def handle(self, sock: socket.socket, peer: Any) -> None:
         client_ip = str(peer[0]) if isinstance(peer, tuple) else ""
-        stream = SocketStream(sock)
+        stream: Stream = SocketStream(sock)
         server = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.clients += 1
         try:
+            if self.tls is not None:
+                secured = await self.tls.accept(sock, self.timeouts.tls_handshake, self._error)
+                if secured is None:
+                    return
+                stream = secured
             first = True
             while not self.closing or first:
                 request = await self._read_request(stream, server, first)
@@ -132,7 +142,7 @@ class HttpProxy:
             sock.close()
 
     async def _read_request(
-        self, stream: SocketStream, server: h11.Connection, first: bool
+        self, stream: Stream, server: h11.Connection, first: bool
     ) -> h11.Request | None:
         """The next request head, or None when the client is done (or was answered with
         an error and must be closed)."""
@@ -173,7 +183,7 @@ class HttpProxy:
                     return None
             server.receive_data(data)
 
-    async def _receive_idle(self, stream: SocketStream, until: float, idle: bool) -> bytes | None:
+    async def _receive_idle(self, stream: Stream, until: float, idle: bool) -> bytes | None:
         scope = trio.CancelScope(deadline=until)
         if idle:
             self._idle_clients.add(scope)
@@ -188,7 +198,7 @@ class HttpProxy:
 
     # -- one request ------------------------------------------------------------------------
     async def _exchange(
-        self, stream: SocketStream, server: h11.Connection, request: h11.Request, client_ip: str
+        self, stream: Stream, server: h11.Connection, request: h11.Request, client_ip: str
     ) -> bool:
         """Serve one request; False when the client connection must close."""
         req = _Req(request.method, request.target, trio.current_time())
@@ -214,7 +224,7 @@ class HttpProxy:
 
     async def _serve(
         self,
-        stream: SocketStream,
+        stream: Stream,
         server: h11.Connection,
         request: h11.Request,
         client_ip: str,
@@ -250,7 +260,7 @@ class HttpProxy:
         forward = rules.forward_request_headers(
             headers,
             client_ip=client_ip,
-            proto="http",
+            proto="https" if self.tls is not None else "http",
             host=host_header or self._own_host,  # HTTP/1.0 without Host: name ourselves
             trusted=trusted,
             upgrade=upgrade,
@@ -287,7 +297,7 @@ class HttpProxy:
 
     async def _forward(
         self,
-        stream: SocketStream,
+        stream: Stream,
         server: h11.Connection,
         pool: Pool,
         request: h11.Request,
@@ -298,18 +308,19 @@ class HttpProxy:
     ) -> bool:
         may_retry = request.method in IDEMPOTENT and not has_body
         tried: set[Backend] = set()
+        resend = False  # a retry: the (bodiless) request was read from the client already
         while True:
             upstream = await self._upstream(pool, client_ip, tried)
             backend = upstream.backend
             try:
                 sent_at = trio.current_time()
-                await self._pass_request(stream, server, upstream, request, max_body)
+                await self._pass_request(stream, server, upstream, request, max_body, resend)
                 response = await self._response_head(upstream)
             except _Retry:
                 self.model.connection_ended(backend)
                 upstream.close()
                 if may_retry:
-                    may_retry = False
+                    may_retry, resend = False, True
                     continue
                 raise _Fail(502, "the backend closed the connection") from None
             except BaseException:
@@ -336,7 +347,7 @@ class HttpProxy:
 
     async def _tunnel(
         self,
-        stream: SocketStream,
+        stream: Stream,
         server: h11.Connection,
         upstream: Upstream,
         response: h11.InformationalResponse,
@@ -361,7 +372,7 @@ class HttpProxy:
             await upstream.stream.send(client_extra)
         idle = self.timeouts.idle
 
-        async def copy(source: SocketStream, sink: SocketStream, scope: trio.CancelScope) -> None:
+        async def copy(source: Stream, sink: Stream, scope: trio.CancelScope) -> None:
             try:
                 while True:
                     with trio.move_on_after(idle) as waited:
@@ -415,18 +426,24 @@ class HttpProxy:
 
     async def _pass_request(
         self,
-        stream: SocketStream,
+        stream: Stream,
         server: h11.Connection,
         upstream: Upstream,
         request: h11.Request,
         max_body: int,
+        resend: bool,
     ) -> None:
+        head = upstream.conn.send(request) or b""
+        if resend:
+            head += upstream.conn.send(h11.EndOfMessage()) or b""
         try:
-            await upstream.stream.send(upstream.conn.send(request) or b"")
+            await upstream.stream.send(head)
         except OSError:
             if upstream.reused:
                 raise _Retry from None
             raise _Fail(502, "cannot send to the backend") from None
+        if resend:
+            return
         sent = 0
         while True:
             event = await self._client_event(stream, server)
@@ -447,7 +464,7 @@ class HttpProxy:
             if isinstance(event, h11.EndOfMessage):
                 return
 
-    async def _client_event(self, stream: SocketStream, server: h11.Connection) -> object:
+    async def _client_event(self, stream: Stream, server: h11.Connection) -> object:
         """The next request body event from the client, within the body timeout."""
         while True:
             try:
@@ -498,7 +515,7 @@ class HttpProxy:
 
     async def _pass_response(
         self,
-        stream: SocketStream,
+        stream: Stream,
         server: h11.Connection,
         upstream: Upstream,
         response: h11.Response,
@@ -543,7 +560,7 @@ class HttpProxy:
 
     # -- errors -----------------------------------------------------------------------------
     async def _refuse(
-        self, stream: SocketStream, server: h11.Connection, status: int, why: str, req: _Req
+        self, stream: Stream, server: h11.Connection, status: int, why: str, req: _Req
     ) -> bool:
         """An error answer that keeps the connection if the request's body (up to
         DISCARD_LIMIT, as nginx discards one) can be read past in time."""
@@ -567,7 +584,7 @@ class HttpProxy:
 
     async def _send_error(
         self,
-        stream: SocketStream,
+        stream: Stream,
         server: h11.Connection,
         status: int,
         detail: str,
@@ -608,7 +625,7 @@ class HttpProxy:
             pass
 
 
-async def _send(stream: SocketStream, data: bytes | None) -> None:
+async def _send(stream: Stream, data: bytes | None) -> None:
     if data:
         try:
             await stream.send(data)
