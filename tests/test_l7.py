@@ -81,6 +81,9 @@ async def test_routes_by_host_path_method_and_header(nursery):
     for method, target, host, headers, pool in cases:
         answer = await client.request(method, target, headers=headers, host=host)
         assert answer.body.split(b" ")[0] == pool, (method, target, host, headers)
+    (listener,) = run.model.snapshot().listeners
+    assert listener.route_hits == ((0, 1), (1, 2))  # canary once, api twice
+    assert listener.default_hits == 4
     await client.aclose()
 
 

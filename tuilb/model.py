@@ -19,7 +19,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from tuilb import health as hc
@@ -202,6 +202,8 @@ class ListenerStats:
     name: str
     requests: int = 0  # responses sent to clients
     errors: int = 0  # 5xx sent, and 4xx tuilb made up (bad requests)
+    route_hits: dict[int, int] = field(default_factory=dict)  # route index -> requests
+    default_hits: int = 0  # requests no route matched (the listener's pool, or a 404)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,8 @@ class ListenerSnapshot:
     name: str
     requests: int
     errors: int
+    route_hits: tuple[tuple[int, int], ...] = ()  # (route index, requests), by index
+    default_hits: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,12 +345,24 @@ class Model:
             backend.responses[status // 100 - 1] += 1
         backend.latency.record(seconds, self.monotonic())
 
+    def _listener(self, name: str) -> ListenerStats:
+        stats = self.listeners.get(name)
+        if stats is None:
+            stats = self.listeners[name] = ListenerStats(name)
+        return stats
+
+    def route_hit(self, listener: str, route: int | None) -> None:
+        """HTTP: a request of `listener` matched route number `route` (None: no route)."""
+        stats = self._listener(listener)
+        if route is None:
+            stats.default_hits += 1
+        else:
+            stats.route_hits[route] = stats.route_hits.get(route, 0) + 1
+
     def listener_response(self, listener: str, status: int, ours: bool) -> None:
         """HTTP: a response went to a client of `listener`; `ours` when tuilb made it up
         (an error of its own) rather than passing on a backend's."""
-        stats = self.listeners.get(listener)
-        if stats is None:
-            stats = self.listeners[listener] = ListenerStats(listener)
+        stats = self._listener(listener)
         stats.requests += 1
         if status >= 500 or (ours and status >= 400):
             stats.errors += 1
@@ -443,7 +459,16 @@ class Model:
                 )
                 for p in self.pools.values()
             ),
-            tuple(ListenerSnapshot(x.name, x.requests, x.errors) for x in self.listeners.values()),
+            tuple(
+                ListenerSnapshot(
+                    x.name,
+                    x.requests,
+                    x.errors,
+                    tuple(sorted(x.route_hits.items())),
+                    x.default_hits,
+                )
+                for x in self.listeners.values()
+            ),
         )
 
 

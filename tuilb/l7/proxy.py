@@ -246,6 +246,7 @@ class HttpProxy:
         pool_name, index = routing.pick_route(
             self.routes, self.listener.pool, method, host, path, header_map
         )
+        self.model.route_hit(self.listener.name, index)
         if pool_name is None:
             return await self._refuse(stream, server, 404, "no route for this request", req)
         route = self.routes[index] if index is not None else None
