@@ -41,6 +41,7 @@ from tuilb.proxy.pump import (
 
 if TYPE_CHECKING:
     from tuilb.l7.proxy import HttpProxy
+    from tuilb.l7.tls import TlsServer
 
 # Accept errors that concern one connection that died in the queue, not the listener.
 _TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
@@ -80,6 +81,7 @@ class Engine:
         self._capacity = {name: trio.lowlevel.ParkingLot() for name in config.pools}
         self.health = HealthService(self.model)
         self._http: list[HttpProxy] = []
+        self._tls: dict[str, TlsServer] = {}  # HTTPS listeners' certificates, by listener
         self.model.subscribe(self._on_event)
 
     # -- control from outside (same thread as trio) ----------------------------------------
@@ -104,6 +106,7 @@ class Engine:
         Separate so a host can report a port in use before it opens its own nursery.
         """
         if self._sockets is None:
+            self._tls = _tls_servers(self.config)  # a bad certificate fails before any bind
             self._sockets = await self._bind_all()
         return list(self.bound)
 
@@ -201,7 +204,14 @@ class Engine:
         if listener.protocol == "http":
             from tuilb.l7.proxy import HttpProxy  # only configs with http listeners load h11 paths
 
-            http = HttpProxy(listener, self.config, self.model, self._balancers, self._on_error)
+            http = HttpProxy(
+                listener,
+                self.config,
+                self.model,
+                self._balancers,
+                self._on_error,
+                self._tls.get(listener.name),
+            )
             if self.access_log:
                 http.access = self.log
             self._http.append(http)
@@ -299,3 +309,13 @@ class Engine:
             cause=reason,
             suppressed=held or None,
         )
+
+
+def _tls_servers(config: Config) -> dict[str, TlsServer]:
+    """Certificates of every HTTPS listener, loaded now: StartupError if one cannot be."""
+    wanted = [lst for lst in config.listeners if lst.protocol == "http" and lst.http.tls]
+    if not wanted:
+        return {}
+    from tuilb.l7.tls import TlsServer
+
+    return {lst.name: TlsServer(lst.name, lst.http.tls) for lst in wanted}

@@ -136,7 +136,10 @@ def _tls(
     checker: _Checker, value: object, path: KeyPath, source_dir: Path
 ) -> tuple[Certificate, ...]:
     entries = value if isinstance(value, list) else [value]
+    if not entries:
+        checker.problem(path, "an empty list: give at least one certificate, or no tls key")
     out: list[Certificate] = []
+    seen: set[str] = set()  # server names across this listener's certificates
     for i, entry in enumerate(entries):
         where = (*path, i) if isinstance(value, list) else path
         table = checker.table(entry, where, ("cert", "key", "server_names"))
@@ -150,6 +153,7 @@ def _tls(
             file = Path(name) if Path(name).is_absolute() else source_dir / name
             if not file.is_file():
                 checker.problem((*where, key), f"cannot read {str(file)!r}: no such file")
+                continue
             files[key] = str(file)
         names: list[str] = []
         for j, server_name in enumerate(checker.get(table, "server_names", where, list, [])):
@@ -157,12 +161,24 @@ def _tls(
                 checker.problem(
                     (*where, "server_names", j), f"{server_name!r} is not a server name"
                 )
+            elif server_name.lower() in seen:
+                checker.problem(
+                    (*where, "server_names", j), f"{server_name!r} is served by another certificate"
+                )
             else:
+                seen.add(server_name.lower())
                 names.append(server_name.lower())
         if len(entries) > 1 and i > 0 and not names:
             checker.problem(
                 where, "with several certificates, each after the first needs server_names"
             )
         if len(files) == 2:
+            # Load the pair now (a few ms), so `tuilb check` finds a bad file, a key that
+            # does not match or an encrypted key, and not only the start-up.
+            from tuilb.l7.tls import certificate_problem
+
+            problem = certificate_problem(files["cert"], files["key"])
+            if problem is not None:
+                checker.problem((*where, problem[0]), problem[1])
             out.append(Certificate(files["cert"], files["key"], tuple(names)))
     return tuple(out)
