@@ -25,8 +25,9 @@ from rich.text import Text
 from textual import events
 from textual.app import App
 from textual.command import CommandList, CommandPalette
+from textual.geometry import Region
 from textual.pilot import Pilot
-from textual.widgets import Input, RichLog, Static
+from textual.widgets import Input, RichLog, Sparkline, Static
 from textual.widgets._toast import Toast
 
 from tests.conftest import make_config
@@ -49,7 +50,7 @@ from tuilb.model import (
 )
 from tuilb.stats import Rates, RateTracker, human_bytes
 from tuilb.ui import themes
-from tuilb.ui.app import TuilbApp, event_line
+from tuilb.ui.app import Spark, TuilbApp, event_line
 from tuilb.ui.bridge import Extra
 from tuilb.ui.keymap import KEYS
 from tuilb.ui.screens import Confirm, Details, Help, WeightInput
@@ -659,7 +660,7 @@ def test_the_table_reflects_a_real_connection_and_its_drain() -> None:
             await t.until(lambda: cell(t.app, "echo/echo", "in") == "5", "5 bytes in")
             assert cell(t.app, "echo/echo", "out") == "5"
             assert cell(t.app, "web/fast", "active") == "0"
-            # The header is painted a frame or two after the table (staggered refresh).
+            # The header is painted in the next frame.
             await t.until(lambda: "active 1" in screen_text(t.app), "the header's total")
 
             await _select(t, "echo/echo")
@@ -944,6 +945,46 @@ def test_command_errors_from_the_bridge_are_shown_literally(error: str) -> None:
             app.action_drain()  # what `d` does; Pilot's press would wait on a dead app
             await until(pilot, lambda: bool(toasts(app)), "the error toast")
             assert clean(error) in toasts(app)[0]
+
+    run(scenario)
+
+
+class _Sparks(App[None]):
+    def __init__(self, data: list[float]) -> None:
+        super().__init__()
+        self.data = data
+
+    def compose(self) -> Any:
+        yield Sparkline(self.data, id="textual")
+        yield Spark(self.data, id="ours")
+
+
+SPARK_CSS = "Sparkline { height: 3; width: 60; }"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [],
+        [5.0],
+        [0.0, 1.0],
+        [float(i % 7) for i in range(60)],
+        [i * 1.5 for i in range(37)],  # fewer points than columns
+        [float((i * 7919) % 101) for i in range(150)],  # more points than columns
+        [3.0] * 20,  # flat
+    ],
+)
+def test_spark_draws_exactly_what_textuals_sparkline_draws(data: list[float]) -> None:
+    async def scenario() -> None:
+        app = _Sparks(data)
+        app.CSS = SPARK_CSS
+        async with app.run_test(size=(80, 10)) as pilot:
+            await pilot.pause()
+            textual, ours = app.query_one("#textual"), app.query_one("#ours")
+            crop = Region(0, 0, 60, 3)
+            assert [s.simplify() for s in ours.render_lines(crop)] == [
+                s.simplify() for s in textual.render_lines(crop)
+            ]
 
     run(scenario)
 

@@ -206,6 +206,7 @@ class BackendTable(ScrollView, can_focus=True):
             width or max(len(label), given.get(key, 16)) for key, label, width in COLUMNS
         )
         self._table_width = sum(w + 2 * PADDING for w in self._widths)
+        self._x = [sum(w + 2 * PADDING for w in self._widths[:i]) for i in range(len(COLUMNS))]
         self.cursor_row = 0
         self._hover: int | None = None  # the row under the mouse
         # Row index (-1: the header) -> (what it was built from, the strip). The key holds
@@ -254,9 +255,22 @@ class BackendTable(ScrollView, can_focus=True):
             return
         shown = self._shown
         for target, cells in rows.items():
-            if cells != shown[target]:
+            old = shown[target]
+            if cells != old:
                 shown[target] = cells
-                self.refresh_line(1 + self._index[target])  # only the rows that changed
+                self._refresh_cells(self._index[target], cells, old)
+
+    def _refresh_cells(self, row: int, cells: Cells, old: Cells) -> None:
+        """Repaint the cells of `row` whose text changed: the row's strip is rebuilt, but
+        only those cells go to the terminal."""
+        scroll_x, scroll_y = self.scroll_offset
+        y = 1 + row - scroll_y
+        if y < 1:
+            return  # scrolled out of view (its strip is rebuilt when it comes back)
+        for column, (new, was) in enumerate(zip(cells, old, strict=True)):
+            if new != was:
+                width = self._widths[column] + 2 * PADDING
+                self.refresh(Region(self._x[column] - scroll_x, y, width, 1))
 
     def _rebuild(self, rows: dict[str, Cells]) -> None:
         selected = self.selected
