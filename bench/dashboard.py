@@ -134,6 +134,12 @@ def guest_main(conf: str, driver: str = "") -> int:
     return 0
 
 
+def _is_trio(name: str) -> bool:
+    """A callback or frame of the trio guest run: tuilb's epoll driver (tuilb/guest.py)
+    or trio's stock guest driver."""
+    return "_EpollDriver" in name or "guest_tick" in name or "in_main_thread" in name
+
+
 def traced_main(out: str, argv: list[str]) -> int:
     """`tuilb` (argv) with timings of the host loop's slow callbacks, repaints and gc.
 
@@ -165,7 +171,7 @@ def traced_main(out: str, argv: list[str]) -> int:
         took = perf() - began
         if took >= 0.001:
             name = getattr(self._callback, "__qualname__", "")
-            records.append((mono() - took, took, "trio" if "guest_tick" in name else "ui"))
+            records.append((mono() - took, took, "trio" if _is_trio(name) else "ui"))
 
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
 
@@ -827,7 +833,7 @@ def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
             own[short[-1]] = own.get(short[-1], 0) + n
             for frame in set(short):
                 incl[frame] = incl.get(frame, 0) + n
-        elif any("guest_tick" in f or "in_main_thread" in f for f in frames):
+        elif any(_is_trio(f) for f in frames):
             shares["engine"] += n
         elif "select (" in frames[-1]:
             shares["idle"] += n
