@@ -432,3 +432,25 @@ async def test_shutdown_closes_idle_keepalive_clients_at_once(nursery):
         assert await client.stream.receive_some(100) == b""
         await run.stopped.wait()
     await client.aclose()
+
+
+async def test_access_lines_reach_a_stream_log_in_batches(nursery):
+    import io
+
+    from tuilb.log import StreamLog
+
+    (a,) = await start_backends(nursery, "a")
+    out = io.StringIO()
+    run = await start_engine(
+        nursery, http_config({"app": [a.port]}), log=StreamLog("json", out), access_log=True
+    )
+    client = await Client.open(run.port)
+    assert (await client.request("GET", "/logged")).status == 200
+    await client.aclose()
+    with trio.fail_after(5):  # flushed a few times a second, and at the latest on stop
+        await poll(lambda: '"path": "/logged"' in out.getvalue())
+    run.engine.request_shutdown()
+    with trio.fail_after(5):
+        await run.stopped.wait()
+    request_lines = [line for line in out.getvalue().splitlines() if '"event": "request"' in line]
+    assert len(request_lines) == 1

@@ -227,3 +227,31 @@ def test_rate_limit_storm() -> None:
     final = rl.allow("connect_failed", 100.0)
     assert final is not None
     assert reported + final == n - allowed
+
+
+def test_batch_log_writes_lines_in_batches_in_order() -> None:
+    import io
+
+    from tuilb.log import BatchLog, StreamLog
+
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            Counting.writes += 1
+            return super().write(text)
+
+    out = Counting()
+    batch = BatchLog(StreamLog("text", out, clock=lambda: 0.0), limit=3)
+    batch("request", path="/a")
+    batch("request", path="/b")
+    assert out.getvalue() == ""  # nothing written yet
+    batch("request", path="/c")  # the third fills the batch
+    assert Counting.writes == 1
+    batch("request", path="/d")
+    batch.flush()
+    lines = out.getvalue().splitlines()
+    assert [line.rsplit("path=", 1)[1] for line in lines] == ["/a", "/b", "/c", "/d"]
+    assert Counting.writes == 2
+    batch.flush()  # nothing pending: no write
+    assert Counting.writes == 2

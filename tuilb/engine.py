@@ -27,7 +27,7 @@ from tuilb import balance
 from tuilb.checks import HealthService
 from tuilb.config import Config, ListenerConfig
 from tuilb.errors import StartupError
-from tuilb.log import Log, RateLimit, null_log
+from tuilb.log import BatchLog, Log, RateLimit, StreamLog, null_log
 from tuilb.model import Backend, Event, Model
 from tuilb.proxy.l4 import FD_ERRNOS, Connection, TcpProxy
 from tuilb.proxy.pump import (
@@ -64,6 +64,8 @@ class Engine:
     ) -> None:
         self.config = config
         self.access_log = access_log  # HTTP: a log line per request (headless mode)
+        # Written in batches a few times a second when the log can batch (a StreamLog).
+        self._access: Log = BatchLog(log) if isinstance(log, StreamLog) else log
         self.model = model if model is not None else Model(config.pools.values())
         self.log = log
         self.connections: set[Connection] = set()
@@ -120,6 +122,8 @@ class Engine:
                 services.start_soon(self._sweep_idle)
                 if self.health.needed:
                     services.start_soon(self.health.run)
+                if isinstance(self._access, BatchLog) and self.access_log:
+                    services.start_soon(self._flush_access, self._access)
                 async with trio.open_nursery() as conns:
                     self._conn_scope = conns.cancel_scope
                     async with trio.open_nursery() as accepts:
@@ -148,6 +152,8 @@ class Engine:
             self._pipes.close()
             for proxy in self._http:
                 proxy.close()
+            if isinstance(self._access, BatchLog):
+                self._access.flush()
             # The dashboard may still read snapshots once the run is over, when trio's
             # clock is gone: time stands still for the model from here on.
             stopped_at = trio.current_time()
@@ -213,7 +219,7 @@ class Engine:
                 self._tls.get(listener.name),
             )
             if self.access_log:
-                http.access = self.log
+                http.access = self._access
             self._http.append(http)
             self.before_shutdown.append(http.begin_shutdown)
             return http
@@ -271,6 +277,11 @@ class Engine:
             accepted += 1
             if accepted % 16 == 0:
                 await checkpoint()  # a burst of accepts must not starve running connections
+
+    async def _flush_access(self, batch: BatchLog) -> None:
+        while True:
+            await trio.sleep(0.2)
+            batch.flush()
 
     async def _sweep_idle(self) -> None:
         """Close tunnels that moved nothing for `idle` seconds (no per-chunk timer cost)."""

@@ -48,20 +48,45 @@ class StreamLog:
         self.clock = clock
 
     def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
+        self.write(self.format(event, level, **fields) + "\n")
+
+    def format(self, event: str, level: str = "info", **fields: Any) -> str:
         # "from" is a keyword in Python; callers pass from_.
         record = {k.rstrip("_"): v for k, v in fields.items() if v is not None}
         ts = _iso(self.clock())
         if self.fmt == "json":
-            line = json.dumps({"ts": ts, "level": level, "event": event, **record}, default=str)
-        else:
-            parts = [ts, level.upper().ljust(5), event]
-            parts += [f"{k}={_text_value(v)}" for k, v in record.items()]
-            line = " ".join(parts)
+            return json.dumps({"ts": ts, "level": level, "event": event, **record}, default=str)
+        parts = [ts, level.upper().ljust(5), event]
+        parts += [f"{k}={_text_value(v)}" for k, v in record.items()]
+        return " ".join(parts)
+
+    def write(self, text: str) -> None:
         try:
-            self.stream.write(line + "\n")
+            self.stream.write(text)
             self.stream.flush()
         except (OSError, ValueError):
             pass  # stderr closed or full: logging must never take the engine down
+
+
+class BatchLog:
+    """Lines formatted at once but written in batches (`flush()`): the access log, where
+    one write per request measured about a seventh of a proxied request's CPU."""
+
+    def __init__(self, log: StreamLog, limit: int = 256) -> None:
+        self.log = log
+        self.limit = limit
+        self._lines: list[str] = []
+
+    def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
+        self._lines.append(self.log.format(event, level, **fields))
+        if len(self._lines) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            self.log.write(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,7 +268,10 @@ class HttpProxy:
             body=body,
             length=length,
         )
-        outgoing = h11.Request(method=request.method, target=target, headers=forward)
+        # The headers came out of h11's parser or are tuilb's own, so h11's private
+        # `_parsed` flag (there since 0.9; every test goes through it) skips a second
+        # validation of each one.
+        outgoing = h11.Request(method=request.method, target=target, headers=forward, _parsed=True)
         pool = self.model.pools[pool_name]
         try:
             return await self._forward(
@@ -311,7 +314,7 @@ class HttpProxy:
         tried: set[Backend] = set()
         resend = False  # a retry: the (bodiless) request was read from the client already
         while True:
-            upstream = await self._upstream(pool, client_ip, tried)
+            upstream = await self._upstream(pool, client_ip, tried, may_retry)
             backend = upstream.backend
             try:
                 sent_at = trio.current_time()
@@ -391,7 +394,9 @@ class HttpProxy:
             nursery.start_soon(copy, stream, upstream.stream, nursery.cancel_scope)
             nursery.start_soon(copy, upstream.stream, stream, nursery.cancel_scope)
 
-    async def _upstream(self, pool: Pool, client_ip: str, tried: set[Backend]) -> Upstream:
+    async def _upstream(
+        self, pool: Pool, client_ip: str, tried: set[Backend], may_retry: bool
+    ) -> Upstream:
         """A connection to a backend of `pool`: pooled if one is idle, else a new one."""
         balancer = self.balancers[pool.name]
         failures = 0
@@ -404,7 +409,7 @@ class HttpProxy:
                 self._error("no_backend", None, f"no usable backend in pool {pool.name!r}")
                 raise _Fail(503, f"no usable backend in pool {pool.name!r}")
             self.model.connection_started(backend)
-            upstream = self.upstreams.take(backend, trio.current_time())
+            upstream = self.upstreams.take(backend, trio.current_time(), check=not may_retry)
             if upstream is not None:
                 return upstream
             tried.add(backend)
@@ -434,83 +439,84 @@ class HttpProxy:
         max_body: int,
         resend: bool,
     ) -> None:
-        head = upstream.conn.send(request) or b""
+        """Send the request head and stream its body. Whatever h11 already holds goes out
+        in one write with the head (a small request is one send, not three)."""
+        conn = upstream.conn
+        pending = [conn.send(request) or b""]
         if resend:
-            head += upstream.conn.send(h11.EndOfMessage()) or b""
-        try:
-            await upstream.stream.send(head)
-        except OSError:
-            if upstream.reused:
-                raise _Retry from None
-            raise _Fail(502, "cannot send to the backend") from None
-        if resend:
+            pending.append(conn.send(h11.EndOfMessage()) or b"")
+            await self._to_backend(upstream, pending, first=True)
             return
+        first = True
         sent = 0
-        while True:
-            event = await self._client_event(stream, server)
-            if isinstance(event, h11.Data):
-                sent += len(event.data)
-                if max_body and sent > max_body:
-                    raise _Fail(413, f"body over {max_body} bytes")
-                data = upstream.conn.send(event)
-            elif isinstance(event, h11.EndOfMessage):
-                data = upstream.conn.send(h11.EndOfMessage())
-            else:
-                raise _ClientGone
-            try:
-                await upstream.stream.send(data or b"")
-            except OSError:
-                self.model.backend_reset(upstream.backend)
-                raise _Fail(502, "the backend closed the connection mid-request") from None
-            if isinstance(event, h11.EndOfMessage):
-                return
-
-    async def _client_event(self, stream: Stream, server: h11.Connection) -> object:
-        """The next request body event from the client, within the body timeout."""
         while True:
             try:
                 event = server.next_event()
             except h11.RemoteProtocolError as exc:
                 raise _Fail(exc.error_status_hint, str(exc)) from None
-            if event is not h11.NEED_DATA:
-                return event
-            with trio.move_on_after(self.timeouts.body):
-                server.receive_data(await stream.receive())
-                continue
-            raise _Fail(408, "request body too slow")
+            if event is h11.NEED_DATA:
+                if pending:
+                    await self._to_backend(upstream, pending, first)
+                    first, pending = False, []
+                data = await _receive_until(stream, trio.current_time() + self.timeouts.body)
+                if data is None:
+                    raise _Fail(408, "request body too slow")
+                server.receive_data(data)
+            elif isinstance(event, h11.Data):
+                sent += len(event.data)
+                if max_body and sent > max_body:
+                    raise _Fail(413, f"body over {max_body} bytes")
+                pending.append(conn.send(event) or b"")
+            elif isinstance(event, h11.EndOfMessage):
+                pending.append(conn.send(h11.EndOfMessage()) or b"")
+                await self._to_backend(upstream, pending, first)
+                return
+            else:
+                raise _ClientGone
+
+    async def _to_backend(self, upstream: Upstream, pending: list[bytes], first: bool) -> None:
+        try:
+            await upstream.stream.send(b"".join(pending))
+        except OSError:
+            if first and upstream.reused:
+                raise _Retry from None  # a kept-alive connection closed under us
+            if not first:
+                self.model.backend_reset(upstream.backend)
+            raise _Fail(502, "the backend closed the connection") from None
 
     async def _response_head(self, upstream: Upstream) -> h11.Response | h11.InformationalResponse:
         conn = upstream.conn
         got_bytes = False
-        with trio.move_on_after(self.timeouts.response) as waited:
-            while True:
-                try:
-                    event = conn.next_event()
-                except h11.RemoteProtocolError as exc:
-                    if not got_bytes and upstream.reused:
-                        raise _Retry from None
-                    self.model.backend_reset(upstream.backend)
-                    raise _Fail(502, f"bad response from the backend: {exc}") from None
-                if isinstance(event, h11.Response):
-                    return event
-                if isinstance(event, h11.InformationalResponse):
-                    if event.status_code == 101:
-                        return event  # the backend took the upgrade: a tunnel follows
-                    continue  # 100 Continue and friends: our client gets the final answer
-                if isinstance(event, h11.ConnectionClosed):
-                    raise _Retry if upstream.reused else _Fail(502, "backend closed early")
-                try:
-                    data = await upstream.stream.receive()
-                except OSError:
-                    if not got_bytes and upstream.reused:
-                        raise _Retry from None
-                    self.model.backend_reset(upstream.backend)
-                    raise _Fail(502, "the backend reset the connection") from None
-                if not data and not got_bytes and upstream.reused:
-                    raise _Retry
-                got_bytes = got_bytes or bool(data)
-                conn.receive_data(data)
-        assert waited.cancelled_caught
+        deadline = trio.current_time() + self.timeouts.response
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if not got_bytes and upstream.reused:
+                    raise _Retry from None
+                self.model.backend_reset(upstream.backend)
+                raise _Fail(502, f"bad response from the backend: {exc}") from None
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    return event  # the backend took the upgrade: a tunnel follows
+                continue  # 100 Continue and friends: our client gets the final answer
+            if isinstance(event, h11.ConnectionClosed):
+                raise _Retry if upstream.reused else _Fail(502, "backend closed early")
+            try:
+                data = await upstream.stream.receive_until(deadline)
+            except OSError:
+                if not got_bytes and upstream.reused:
+                    raise _Retry from None
+                self.model.backend_reset(upstream.backend)
+                raise _Fail(502, "the backend reset the connection") from None
+            if data is None:
+                break  # timed out
+            if not data and not got_bytes and upstream.reused:
+                raise _Retry
+            got_bytes = got_bytes or bool(data)
+            conn.receive_data(data)
         self._error("response_timeout", upstream.backend, "no response in time")
         raise _Fail(504, "the backend did not answer in time")
 
@@ -527,10 +533,15 @@ class HttpProxy:
         req.status = response.status_code
         self.model.listener_response(self.listener.name, response.status_code, ours=False)
         out = h11.Response(
-            status_code=response.status_code, headers=headers, reason=response.reason
+            status_code=response.status_code,
+            headers=headers,
+            reason=response.reason,
+            _parsed=True,
         )
-        await _send(stream, server.send(out))
+        # Head and whatever body is already here leave in one write.
+        pending = [server.send(out) or b""]
         conn = upstream.conn
+        body_timeout = self.timeouts.body
         while True:
             try:
                 event = conn.next_event()
@@ -538,23 +549,26 @@ class HttpProxy:
                 # The backend broke off mid-body: close the client too, so the truncation
                 # shows; a partial response is never made to look complete.
                 self.model.backend_reset(upstream.backend)
+                await _send(stream, b"".join(pending))
                 raise _ClientGone from None
             if event is h11.NEED_DATA:
-                with trio.move_on_after(self.timeouts.body) as waited:
-                    try:
-                        data = await upstream.stream.receive()
-                    except OSError:
-                        data = None
-                if waited.cancelled_caught or data is None:
+                if pending:
+                    await _send(stream, b"".join(pending))
+                    pending = []
+                try:
+                    data = await upstream.stream.receive_until(trio.current_time() + body_timeout)
+                except OSError:
+                    data = None
+                if data is None:
                     self.model.backend_reset(upstream.backend)
                     raise _ClientGone
                 conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Data):
+            elif isinstance(event, h11.Data):
                 req.bytes += len(event.data)
-                await _send(stream, server.send(event))
+                pending.append(server.send(event) or b"")
             elif isinstance(event, h11.EndOfMessage):
-                await _send(stream, server.send(h11.EndOfMessage()))
+                pending.append(server.send(h11.EndOfMessage()) or b"")
+                await _send(stream, b"".join(pending))
                 return not close and server.our_state is h11.DONE
             else:
                 raise _ClientGone
@@ -624,6 +638,13 @@ class HttpProxy:
             await stream.send(data)
         except OSError:
             pass
+
+
+async def _receive_until(stream: Stream, deadline: float) -> bytes | None:
+    """`stream.receive()` by `deadline` (trio time); None when it passed."""
+    with trio.move_on_at(deadline):
+        return await stream.receive()
+    return None
 
 
 async def _send(stream: Stream, data: bytes | None) -> None:

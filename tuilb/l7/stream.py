@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Protocol
 
+import trio
 from trio.lowlevel import wait_readable, wait_writable
 
 CHUNK = 65536
@@ -37,8 +38,30 @@ class SocketStream:
             except BlockingIOError:
                 await wait_readable(self.fd)
 
+    async def receive_until(self, deadline: float) -> bytes | None:
+        """`receive()` by `deadline` (trio time), None when it passed; no timer at all when
+        bytes are already waiting (the common case on a busy connection)."""
+        try:
+            return self.sock.recv(CHUNK)
+        except BlockingIOError:
+            pass
+        with trio.move_on_at(deadline):
+            while True:
+                await wait_readable(self.fd)
+                try:
+                    return self.sock.recv(CHUNK)
+                except BlockingIOError:
+                    continue
+        return None
+
     async def send(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
+        try:  # most sends go out whole at once: skip the memoryview
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
         send = self.sock.send
         while view:
             try:

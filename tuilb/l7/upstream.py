@@ -42,11 +42,14 @@ class UpstreamPool:
         self.idle_limit = idle_limit
         self._idle: dict[Backend, list[Upstream]] = {}
 
-    def take(self, backend: Backend, now: float) -> Upstream | None:
+    def take(self, backend: Backend, now: float, check: bool = True) -> Upstream | None:
+        """An idle connection to `backend`, or None. `check=False` skips the peek, for a
+        request that is retried anyway if the connection turns out dead."""
         idle = self._idle.get(backend)
         while idle:
             upstream = idle.pop()  # the most recently used: the least likely to be closed
-            if now - upstream.idle_since < self.idle_limit and upstream.stream.reusable():
+            fresh = now - upstream.idle_since < self.idle_limit
+            if fresh and (not check or upstream.stream.reusable()):
                 upstream.reused = True
                 return upstream
             upstream.close()
