@@ -341,3 +341,22 @@ def test_snapshots_still_work_once_the_engine_has_stopped() -> None:
     snap = engine.model.snapshot()
     assert snap.backend("app/b1").eject_left == 0.0
     assert engine.model.monotonic() == engine.model.monotonic()
+
+
+def test_an_ejection_ending_while_down_does_not_ramp_until_up(model: tuple[Model, Clock]) -> None:
+    m, clock = model
+    a = m.backend("app/a")
+    m.connect_failed(a, "connect refused")
+    m.connect_failed(a, "connect refused")
+    assert a.ejected
+    m.check_result(a, fail())  # checks see it down meanwhile
+    clock.now += 5
+    m.tick()
+    assert not a.ejected and a.health is Health.DOWN
+    assert [e for e in m.events if e.kind == "slow_start"] == []
+    m.check_result(a, ok())
+    m.check_result(a, ok())
+    assert a.health is Health.UP and a.ramp == hc.SLOW_START_FLOOR
+    assert [e.cause for e in m.events if e.kind == "slow_start"] == [
+        "slow start (back up): ramping to full weight over 10s"
+    ]

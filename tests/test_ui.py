@@ -1153,7 +1153,9 @@ def test_drain_text_and_row_cells() -> None:
         "3",
         "0",
         "0",
-        "-",
+        "-",  # conn/s: no second snapshot yet
+        "-",  # req/s: no HTTP requests
+        "-",  # p99: no HTTP requests
         "0",
         "0",
         "0",
@@ -1201,3 +1203,32 @@ def test_reweighting_from_the_keyboard_moves_the_share() -> None:
             assert moved == {"fast": 10, "medium": 20, "slow": 10}
 
     run(scenario)
+
+
+def test_health_and_slow_start_cells_spell_out_the_state() -> None:
+    from tuilb.health import CheckResult
+    from tuilb.ui.table import health_cell
+
+    base = _model().snapshot().backend("a/y")
+    cases = [
+        (dict(check="tcp", health=Health.UP, health_progress="3/3"), "up 3/3"),
+        (dict(check="tcp", health=Health.UP, health_progress="2/3"), "up 2/3"),
+        (dict(check="http", health=Health.DOWN, health_progress="1/2"), "down 1/2"),
+        (dict(check="none", health=Health.UNKNOWN, health_progress=""), "unknown"),
+        (dict(ejected=True, eject_left=24.6, health=Health.UP), "ejected 25s"),
+    ]
+    for changes, text in cases:
+        shown, style = health_cell(dataclasses.replace(base, **changes))
+        assert shown == text
+        assert style  # coloured too, but never colour alone
+    ramping = dataclasses.replace(base, weight=4, effective_weight=0.4, slow_start=0.1)
+    weight = row_cells(ramping, RateTracker(), 0)[4][0]
+    assert weight == "4 (eff 0.4)"
+    http = dataclasses.replace(
+        base,
+        requests=10,
+        responses=(0, 9, 0, 1, 0),
+        latency=(0.001, 0.002, 0.0125),
+        checks=(CheckResult(True, "HTTP 200", 0.003, 1.7e9),),
+    )
+    assert row_cells(http, RateTracker(), 0)[9][0] == "12.5"  # p99 in ms

@@ -408,8 +408,8 @@ class Model:
 
     def _slow_start(self, backend: Backend, why: str, now: float | None = None) -> None:
         duration = self.pools[backend.pool].config.slow_start
-        if duration <= 0:
-            return
+        if duration <= 0 or backend.health is Health.DOWN:
+            return  # a down backend ramps when it comes back up, not before
         backend.ramp = hc.SLOW_START_FLOOR
         backend.ramp_since = self.monotonic() if now is None else now
         cause = f"slow start ({why}): ramping to full weight over {duration:g}s"

@@ -32,7 +32,8 @@ from tuilb.ui import themes
 from tuilb.ui.bridge import Bridge
 from tuilb.ui.keymap import KEYS
 from tuilb.ui.screens import Confirm, Details, Help, WeightInput
-from tuilb.ui.table import BackendTable
+from tuilb.ui.table import HTTP_ONLY, BackendTable
+from tuilb.ui.table import KEYS as KEYS_ALL
 from tuilb.ui.text import clean, safe
 
 EVENT_STYLE = {"state": "cyan", "weight": "magenta", "health": "yellow", "drained": "green"}
@@ -161,15 +162,17 @@ class TuilbApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Static(id="summary")
         pools = self.bridge.config.pools.values()
+        http = any(listener.protocol == "http" for listener in self.bridge.config.listeners)
         yield BackendTable(
-            {
+            columns=KEYS_ALL if http else tuple(k for k in KEYS_ALL if k not in HTTP_ONLY),
+            widths={
                 "backend": max(
                     (len(clean(f"{p.name}/{b.name}")) for p in pools for b in p.backends), default=7
                 ),
                 "address": max(
                     (len(clean(b.address)) for p in pools for b in p.backends), default=7
                 ),
-            }
+            },
         )
         with Horizontal(id="lower"):
             with Vertical(id="sparks"):
@@ -241,7 +244,16 @@ class TuilbApp(App[int]):
                 listeners.append("  ")
             address = bound.get(listener.name, str(listener.bind))
             listeners.append(clean(listener.name), style="bold")
-            listeners.append(clean(f" {listener.protocol} {address} -> {listener.pool}"))
+            routes = len(listener.http.routes)
+            to = listener.pool or "-"
+            if routes:
+                to += f" +{routes} route{'s' if routes > 1 else ''}"
+            listeners.append(clean(f" {listener.protocol} {address} -> {to}"))
+            rates = self.tracker.listener_rates.get(listener.name)
+            if rates is not None:
+                listeners.append(f" {rates[0]:.1f} req/s")
+                if rates[1]:
+                    listeners.append(f" {rates[1]:.1f} err/s", style="bold red")
         active = sum(b.active_connections for p in snap.pools for b in p.backends)
         totals = self.tracker.totals
         line = Text.assemble(
@@ -249,6 +261,7 @@ class TuilbApp(App[int]):
             str(active),
             ("   conn/s ", "bold"),
             f"{totals.connections:.1f}",
+            *((("   req/s ", "bold"), f"{totals.requests:.1f}") if snap.listeners else ()),
             ("   errors/s ", "bold"),
             (f"{totals.failures:.1f}", "bold red" if totals.failures else ""),
             ("   traffic ", "bold"),
@@ -285,7 +298,13 @@ class TuilbApp(App[int]):
     def _update_sparks(self) -> None:
         target = self.query_one(BackendTable).selected
         traffic = list(self.tracker.traffic.get(target or "", []))
-        rate = list(self.tracker.connection_rate.get(target or "", []))
+        # HTTP backends show their latency below the traffic; TCP ones their connections.
+        latency = list(self.tracker.latency.get(target or "", []))
+        if latency:
+            rate, label = latency, f"latency p99 {latency[-1]:.1f} ms"
+        else:
+            rate = list(self.tracker.connection_rate.get(target or "", []))
+            label = f"new connections/s {rate[-1]:.1f}" if rate else "new connections/s -"
         # An all-zero series would draw as full bars (Sparkline scales min..max): show none.
         self.query_one("#traffic", Spark).data = traffic if any(traffic) else []
         self.query_one("#rate", Spark).data = rate if any(rate) else []
@@ -293,10 +312,7 @@ class TuilbApp(App[int]):
         self.query_one("#traffic-label", Static).update(
             safe(f"{target or '-'}  traffic {now}/s"), layout=False
         )
-        self.query_one("#rate-label", Static).update(
-            safe(f"new connections/s {rate[-1]:.1f}" if rate else "new connections/s -"),
-            layout=False,
-        )
+        self.query_one("#rate-label", Static).update(safe(label), layout=False)
 
     def _pull_events(self) -> None:
         log = self.query_one("#events", RichLog)

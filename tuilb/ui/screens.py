@@ -136,6 +136,7 @@ class Details(ModalScreen[None]):
             ("total connections", backend.total_connections),
             ("failed connects", backend.failed_connects),
             ("resets by backend", backend.resets),
+            *http_rows(backend),
             ("last error", backend.last_error or "-"),
             (
                 "bytes in / out",
@@ -161,6 +162,18 @@ class Details(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def http_rows(b: BackendSnapshot) -> list[tuple[str, str]]:
+    """HTTP counters, for backends that answered requests."""
+    if not b.requests:
+        return []
+    classes = "  ".join(f"{i + 1}xx {n}" for i, n in enumerate(b.responses) if n)
+    rows = [("requests", str(b.requests)), ("responses", classes)]
+    if b.latency:
+        p50, p90, p99 = (f"{v * 1000:.1f}" for v in b.latency)
+        rows.append(("latency (10 s)", f"p50 {p50} ms  p90 {p90} ms  p99 {p99} ms"))
+    return rows
 
 
 def health_text(b: BackendSnapshot) -> str:

@@ -35,17 +35,20 @@ COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("backend", "Backend", None),
     ("address", "Address", None),
     ("state", "State", 8),
-    ("health", "Health", 7),
+    ("health", "Health", 11),
     ("weight", "Weight", 11),
     ("active", "Active", 7),
     ("total", "Total", 9),
     ("rate", "Conn/s", 7),
+    ("requests", "Req/s", 7),
+    ("p99", "p99 ms", 7),
     ("failed", "Failed", 7),
     ("in", "In", 7),
     ("out", "Out", 7),
     ("drain", "Drain", 13),
 )
 KEYS = tuple(key for key, _, _ in COLUMNS)
+HTTP_ONLY = ("requests", "p99")  # shown when the config has an http listener
 PADDING = 1  # blank cells on each side of a cell's text
 
 STATE_STYLE = {
@@ -54,6 +57,7 @@ STATE_STYLE = {
     AdminState.DISABLED: "bold red",
 }
 HEALTH_STYLE = {Health.UNKNOWN: "dim", Health.UP: "bold green", Health.DOWN: "bold red reverse"}
+EJECTED_STYLE = "bold magenta reverse"
 
 Cells = tuple[tuple[str, str], ...]  # (text, style) per column: cheap to compare
 
@@ -69,21 +73,31 @@ def drain_text(b: BackendSnapshot, started_with: int) -> tuple[str, str]:
     return (f"{b.active_connections} left {done}%", "yellow")
 
 
+def health_cell(b: BackendSnapshot) -> tuple[str, str]:
+    """'up 3/3' (3 failed checks from down), 'down 1/2' (1 of 2 good checks to up),
+    'ejected 25s' while passive health has it out; spelled out, coloured as well."""
+    if b.ejected:
+        return (f"ejected {b.eject_left:.0f}s", EJECTED_STYLE)
+    return (f"{b.health} {b.health_progress}".rstrip(), HEALTH_STYLE[b.health])
+
+
 def row_cells(b: BackendSnapshot, tracker: RateTracker, drain_start: int) -> Cells:
     target = f"{b.pool}/{b.name}"
     rates = tracker.rates.get(target)
     weight = str(b.weight)
-    if b.effective_weight != b.weight:
-        weight = f"{b.weight} (eff {b.effective_weight})"
+    if b.slow_start < 1.0:  # ramping up after coming back
+        weight = f"{b.weight} (eff {b.effective_weight:.1f})"
     return (
         (clean(target), "bold"),
         (clean(b.address), ""),
         (str(b.state), STATE_STYLE[b.state]),
-        (str(b.health), HEALTH_STYLE[b.health]),
+        health_cell(b),
         (weight, "" if b.weight else "bold yellow"),
         (str(b.active_connections), ""),
         (str(b.total_connections), ""),
         (f"{rates.connections:.1f}" if rates else "-", ""),
+        (f"{rates.requests:.1f}" if rates and b.requests else "-", ""),
+        (f"{b.latency[2] * 1000:.1f}" if b.latency else "-", ""),
         (str(b.failed_connects), "bold red" if b.failed_connects else "dim"),
         (human_bytes(b.bytes_in), ""),
         (human_bytes(b.bytes_out), ""),
@@ -194,8 +208,14 @@ class BackendTable(ScrollView, can_focus=True):
             super().__init__()
             self.target = target
 
-    def __init__(self, widths: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, widths: dict[str, int] | None = None, columns: tuple[str, ...] = KEYS
+    ) -> None:
         super().__init__(id="backends")
+        # The columns shown, as indices into `row_cells`' full row (narrower without HTTP).
+        self._keep = tuple(KEYS.index(key) for key in columns)
+        self._columns = tuple(COLUMNS[i] for i in self._keep)
+        self._column_keys = tuple(key for key, _, _ in self._columns)
         self._shown: dict[str, Cells] = {}
         self._order: list[str] = []
         self._index: dict[str, int] = {}
@@ -203,10 +223,10 @@ class BackendTable(ScrollView, can_focus=True):
         # Fixed widths: a cell that outgrew its column would otherwise be cut ("1." for
         # "1.5K"); names and addresses are as wide as the config's longest.
         self._widths = tuple(
-            width or max(len(label), given.get(key, 16)) for key, label, width in COLUMNS
+            width or max(len(label), given.get(key, 16)) for key, label, width in self._columns
         )
         self._table_width = sum(w + 2 * PADDING for w in self._widths)
-        self._x = [sum(w + 2 * PADDING for w in self._widths[:i]) for i in range(len(COLUMNS))]
+        self._x = [sum(w + 2 * PADDING for w in self._widths[:i]) for i in range(len(self._keep))]
         self.cursor_row = 0
         self._hover: int | None = None  # the row under the mouse
         # Row index (-1: the header) -> (what it was built from, the strip). The key holds
@@ -232,7 +252,7 @@ class BackendTable(ScrollView, can_focus=True):
 
     def get_cell(self, target: str, column: str) -> Text:
         """A cell as shown (its text and style)."""
-        text, style = self._shown[target][KEYS.index(column)]
+        text, style = self._shown[target][self._column_keys.index(column)]
         return safe(text, style)
 
     def show(
@@ -243,12 +263,14 @@ class BackendTable(ScrollView, can_focus=True):
         needle: str = "",
     ) -> None:
         rows: dict[str, Cells] = {}
+        keep = self._keep
+        whole = len(keep) == len(KEYS)
         for pool in snapshot.pools:
             for b in pool.backends:
                 target = f"{pool.name}/{b.name}"
                 cells = row_cells(b, tracker, drain_start.get(target, 0))
                 if matches(cells, needle):
-                    rows[target] = cells
+                    rows[target] = cells if whole else tuple(cells[i] for i in keep)
         order = list(rows)
         if order != self._order:
             self._rebuild(rows)
@@ -381,7 +403,7 @@ class BackendTable(ScrollView, can_focus=True):
         hover = not header and row == self._hover
         if header:
             row_style = component("backends--header")
-            cells: Cells = tuple((label, "") for _, label, _ in COLUMNS)
+            cells: Cells = tuple((label, "") for _, label, _ in self._columns)
         else:
             row_style = component("backends--odd-row" if row % 2 else "backends--even-row")
             cells = self._shown[self._order[row]]
