@@ -23,6 +23,11 @@ def test_health_checks_show_in_the_table_and_the_details() -> None:
             await t.until(lambda: health("web/fast") is Health.DOWN, "web/fast down")
             await t.until(lambda: cell(t.app, "web/fast", "health") == "down 0/2", "the cell")
             assert cell(t.app, "web/medium", "health") == "up 2/2"
+            # The selected backend's last check, below its sparklines.
+            await t.until(
+                lambda: "last check FAILED connect refused" in screen_text(t.app),
+                "the last check on screen",
+            )
             await t.press("enter")
             await t.modal(Details)
             text = screen_text(t.app)

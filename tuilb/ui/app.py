@@ -180,6 +180,7 @@ class TuilbApp(App[int]):
                 yield Spark([], id="traffic")
                 yield Static("new connections/s", id="rate-label")
                 yield Spark([], id="rate")
+                yield Static("", id="check-label")
             yield RichLog(id="events", max_lines=500, wrap=False, markup=False)
         yield Input(placeholder="filter rows (Enter to apply, Esc to clear)", id="filter")
         yield Footer()
@@ -313,6 +314,28 @@ class TuilbApp(App[int]):
             safe(f"{target or '-'}  traffic {now}/s"), layout=False
         )
         self.query_one("#rate-label", Static).update(safe(label), layout=False)
+        self.query_one("#check-label", Static).update(self._last_check(target), layout=False)
+
+    def _last_check(self, target: str | None) -> Text:
+        """The selected backend's last health check: verdict, reason, time taken, age."""
+        if target is None or self.snap is None:
+            return Text("")
+        try:
+            b = self.snap.backend(target)
+        except KeyError:
+            return Text("")
+        last = b.last_check
+        if b.check == "none" or last is None:
+            return Text("health checks: none" if b.check == "none" else "health checks: waiting")
+        verdict = Text("passed", "green") if last.ok else Text("FAILED", "bold red")
+        age = max(0.0, self.snap.ts - last.ts)
+        return Text.assemble(
+            "last check ",
+            verdict,
+            " ",
+            safe(last.reason),
+            f" in {last.duration * 1000:.0f} ms, {age:.0f}s ago",
+        )
 
     def _pull_events(self) -> None:
         log = self.query_one("#events", RichLog)
