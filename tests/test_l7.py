@@ -454,3 +454,15 @@ async def test_access_lines_reach_a_stream_log_in_batches(nursery):
         await run.stopped.wait()
     request_lines = [line for line in out.getvalue().splitlines() if '"event": "request"' in line]
     assert len(request_lines) == 1
+
+
+async def test_bytes_both_ways_count_on_the_backend(nursery):
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    client = await Client.open(run.port)
+    answer = await client.request("POST", "/count", body=b"x" * 1000)
+    assert answer.status == 200
+    backend = run.model.snapshot().backend("app/app1")
+    assert 1000 < backend.bytes_in < 1400  # the body and the rewritten head
+    assert len(answer.body) < backend.bytes_out < len(answer.body) + 200
+    await client.aclose()

@@ -86,7 +86,7 @@ def row(screen: str, target: str) -> str:
 def test_demo_in_tmux_drain_with_a_key_and_quit(terminal: tuple[Terminal, Path]) -> None:
     term, status = terminal
     screen = term.wait_for(lambda s: "ready" in row(s, "web/fast"), "the web/fast row")
-    assert "listeners web tcp 127.0.0.1:" in screen
+    assert "listeners web http 127.0.0.1:" in screen
     assert row(screen, "echo/echo")
 
     term.keys("d")  # the cursor starts on the first row: web/fast

@@ -262,7 +262,7 @@ def test_start_cursor_on_the_first_backend_row_and_movement_keys() -> None:
             # The header names the real bound ports (not the configured :0).
             web, echo = (f"127.0.0.1:{t.port(name)}" for name in ("web", "echo"))
             await t.until(
-                lambda: f"web tcp {web} -> web  echo tcp {echo} -> echo" in screen_text(t.app),
+                lambda: f"web http {web} -> web  echo tcp {echo} -> echo" in screen_text(t.app),
                 "the bound addresses in the header",
             )
             assert "web (weighted_round_robin) 3/3 eligible" in screen_text(t.app)

@@ -138,8 +138,13 @@ class Demo:
 
     def _config_text(self) -> str:
         text = ""
-        for name in ("web", "echo"):
-            text += f'[[listeners]]\nname = "{name}"\nbind = "{HOST}:0"\npool = "{name}"\n\n'
+        # The web listener is HTTP (balanced per request, with request rates and latency
+        # on the dashboard); echo stays a plain TCP tunnel.
+        for name, protocol in (("web", "http"), ("echo", "tcp")):
+            text += (
+                f'[[listeners]]\nname = "{name}"\nbind = "{HOST}:0"\npool = "{name}"\n'
+                f'protocol = "{protocol}"\n\n'
+            )
         # Weighted round robin with unequal weights: re-weighting visibly moves the shares,
         # and the slow backend's answers keep more connections open on it.
         text += '[pools.web]\nalgorithm = "weighted_round_robin"\n' + _DEMO_HEALTH

@@ -475,14 +475,16 @@ class HttpProxy:
                 raise _ClientGone
 
     async def _to_backend(self, upstream: Upstream, pending: list[bytes], first: bool) -> None:
+        data = b"".join(pending)
         try:
-            await upstream.stream.send(b"".join(pending))
+            await upstream.stream.send(data)
         except OSError:
             if first and upstream.reused:
                 raise _Retry from None  # a kept-alive connection closed under us
             if not first:
                 self.model.backend_reset(upstream.backend)
             raise _Fail(502, "the backend closed the connection") from None
+        upstream.backend.bytes_in += len(data)  # toward the backend, as L4 counts them
 
     async def _response_head(self, upstream: Upstream) -> h11.Response | h11.InformationalResponse:
         conn = upstream.conn
@@ -516,6 +518,7 @@ class HttpProxy:
             if not data and not got_bytes and upstream.reused:
                 raise _Retry
             got_bytes = got_bytes or bool(data)
+            upstream.backend.bytes_out += len(data)
             conn.receive_data(data)
         self._error("response_timeout", upstream.backend, "no response in time")
         raise _Fail(504, "the backend did not answer in time")
@@ -562,6 +565,7 @@ class HttpProxy:
                 if data is None:
                     self.model.backend_reset(upstream.backend)
                     raise _ClientGone
+                upstream.backend.bytes_out += len(data)
                 conn.receive_data(data)
             elif isinstance(event, h11.Data):
                 req.bytes += len(event.data)
