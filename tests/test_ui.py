@@ -1232,3 +1232,28 @@ def test_health_and_slow_start_cells_spell_out_the_state() -> None:
         checks=(CheckResult(True, "HTTP 200", 0.003, 1.7e9),),
     )
     assert row_cells(http, RateTracker(), 0)[9][0] == "12.5"  # p99 in ms
+
+
+def test_route_rows_name_the_routes_to_a_pool_with_their_hits() -> None:
+    from tuilb.model import ListenerSnapshot
+    from tuilb.ui.screens import route_rows
+
+    config = parse(
+        '[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\nprotocol = "http"\npool = "app"\n'
+        '[[listeners.routes]]\npool = "api"\nhost = "*.example.com"\npath_prefix = "/api/"\n'
+        '[[listeners.routes]]\npool = "app"\nmethods = ["GET"]\nheaders = { "x-canary" = "1" }\n'
+        '[pools.app]\n[[pools.app.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
+        '[pools.api]\n[[pools.api.backends]]\nname = "b"\naddress = "127.0.0.1:2"\n',
+        "<test>",
+    )
+    snapshot = Snapshot(0.0, (), (ListenerSnapshot("web", 10, 0, ((0, 7), (1, 2)), 1),))
+    assert route_rows(config, snapshot, "api") == [
+        ("web route 1", "host *.example.com  path /api/*: 7 requests")
+    ]
+    assert route_rows(config, snapshot, "app") == [
+        ("web route 2", "methods GET  x-canary: 1: 2 requests"),
+        ("web default", "no route matched: 1 requests"),
+    ]
+    assert route_rows(config, Snapshot(0.0, ()), "api") == [
+        ("web route 1", "host *.example.com  path /api/*: 0 requests")
+    ]

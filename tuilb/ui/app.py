@@ -31,7 +31,7 @@ from tuilb.stats import RateTracker, human_bytes
 from tuilb.ui import themes
 from tuilb.ui.bridge import Bridge
 from tuilb.ui.keymap import KEYS
-from tuilb.ui.screens import Confirm, Details, Help, WeightInput
+from tuilb.ui.screens import Confirm, DetailData, Details, Help, WeightInput, route_rows
 from tuilb.ui.table import HTTP_ONLY, BackendTable
 from tuilb.ui.table import KEYS as KEYS_ALL
 from tuilb.ui.text import clean, safe
@@ -464,9 +464,11 @@ class TuilbApp(App[int]):
         if target is None:
             return
 
-        def read() -> tuple[BackendSnapshot, list[Event]]:
+        def read() -> DetailData:
             events = [e for e in self.bridge.events_since(0) if e.target == target]
-            return self.bridge.snapshot().backend(target), events
+            snap = self.bridge.snapshot()
+            backend = snap.backend(target)
+            return backend, events, route_rows(self.bridge.config, snap, backend.pool)
 
         self.push_screen(Details(target, read))
 

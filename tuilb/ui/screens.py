@@ -12,9 +12,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
+from tuilb.config import Config
 from tuilb.control import parse_weight
 from tuilb.errors import CommandError
-from tuilb.model import BackendSnapshot, Event
+from tuilb.model import BackendSnapshot, Event, Snapshot
 from tuilb.stats import human_bytes
 from tuilb.ui.keymap import KEYS
 from tuilb.ui.text import safe
@@ -99,12 +100,43 @@ def _key_names(keys: str) -> str:
     return " ".join(names.get(k, k) for k in keys.split(","))
 
 
+DetailData = tuple[BackendSnapshot, list[Event], list[tuple[str, str]]]
+"""A backend, its recent events, and (listener route, hits) rows for its pool."""
+
+
+def route_rows(config: Config, snapshot: Snapshot, pool: str) -> list[tuple[str, str]]:
+    """The HTTP routes that lead to `pool` (and listeners whose default it is), with how
+    many requests each matched."""
+    stats = {listener.name: listener for listener in snapshot.listeners}
+    rows: list[tuple[str, str]] = []
+    for listener in config.listeners:
+        if listener.protocol != "http":
+            continue
+        seen = stats.get(listener.name)
+        hits = dict(seen.route_hits) if seen else {}
+        for i, route in enumerate(listener.http.routes):
+            if route.pool != pool:
+                continue
+            conditions = [
+                f"host {route.host}" if route.host else "",
+                f"path {route.path_prefix}*" if route.path_prefix else "",
+                "methods " + ",".join(route.methods) if route.methods else "",
+                " ".join(f"{n}: {v}" for n, v in route.headers),
+            ]
+            what = "  ".join(c for c in conditions if c) or "every request"
+            rows.append((f"{listener.name} route {i + 1}", f"{what}: {hits.get(i, 0)} requests"))
+        if listener.pool == pool:
+            default = seen.default_hits if seen else 0
+            rows.append((f"{listener.name} default", f"no route matched: {default} requests"))
+    return rows
+
+
 class Details(ModalScreen[None]):
     """One backend's full counters and its recent events, refreshed by the app."""
 
     BINDINGS = [Binding("escape,enter,q", "close", "Close")]
 
-    def __init__(self, target: str, read: Callable[[], tuple[BackendSnapshot, list[Event]]]):
+    def __init__(self, target: str, read: Callable[[], DetailData]):
         super().__init__(classes="modal")
         self.target = target
         self.read = read
@@ -119,7 +151,7 @@ class Details(ModalScreen[None]):
         self.set_interval(1.0, self.update_view)
 
     def update_view(self) -> None:
-        backend, events = self.read()
+        backend, events, routes = self.read()
         table = Table(title=safe(self.target), expand=True, show_header=False, show_edge=False)
         table.add_column("what", style="bold", no_wrap=True)
         table.add_column("value")
@@ -145,6 +177,11 @@ class Details(ModalScreen[None]):
         ]
         for name, value in rows:
             table.add_row(name, safe(value))
+        if routes:
+            table.add_row("", "")
+            table.add_row("routes to this pool", "")
+            for where, what in routes:
+                table.add_row(safe(where), safe(what))
         if backend.checks:
             table.add_row("", "")
             table.add_row("recent checks", "")
