@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from tuilb import control
-from tuilb.config import Address, BackendConfig, PoolConfig
+from tuilb.config import Address, BackendConfig, PoolConfig, parse
 from tuilb.control import (
     REGISTRY,
     Command,
@@ -266,7 +266,7 @@ def test_drain_through_apply_reports_drained() -> None:
 
 
 def test_registry_names() -> None:
-    assert list(REGISTRY) == ["drain", "enable", "disable", "weight"]
+    assert list(REGISTRY) == ["drain", "enable", "disable", "weight", "reset"]
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -297,5 +297,33 @@ def test_registry_build_round_trip(name: str, args: list[str], kind: type, messa
 
 def test_every_command_type_is_in_the_registry() -> None:
     built = {type(REGISTRY[n].build(["p/b", "1"] if n == "weight" else ["p/b"])) for n in REGISTRY}
-    assert built == {Drain, Enable, Disable, SetWeight}
-    assert control.Command == Drain | Enable | Disable | SetWeight
+    assert built == {Drain, Enable, Disable, SetWeight, control.Reset}
+    assert control.Command == Drain | Enable | Disable | SetWeight | control.Reset
+
+
+def test_reset_goes_back_to_the_configured_state_and_weight() -> None:
+    model = Model(parse(TEXT_RESET, "<t>").pools.values())
+    backend = model.backend("app/a")
+    apply(model, control.Disable("app/a"), "keyboard")
+    apply(model, SetWeight("app/a", 9), "keyboard")
+    message = apply(model, control.Reset("app/a"), "admin API")
+    assert message == "app/a: ready, weight 4 (as configured)"
+    assert (backend.admin, backend.weight) == (AdminState.READY, 4)
+    causes = [e.cause for e in model.events][-2:]
+    assert causes == ["admin API: reset", "admin API: reset"]
+    assert apply(model, control.Reset("app/a"), "x") == "app/a: already as configured"
+    assert control.empties_pool(model.snapshot(), control.Reset("app/a")) is None
+
+
+TEXT_RESET = """
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+pool = "app"
+[pools.app]
+algorithm = "weighted_round_robin"
+[[pools.app.backends]]
+name = "a"
+address = "127.0.0.1:1"
+weight = 4
+"""

@@ -1257,3 +1257,22 @@ def test_route_rows_name_the_routes_to_a_pool_with_their_hits() -> None:
     assert route_rows(config, Snapshot(0.0, ()), "api") == [
         ("web route 1", "host *.example.com  path /api/*: 0 requests")
     ]
+
+
+def test_r_resets_the_backend_to_its_configuration() -> None:
+    async def scenario() -> None:
+        async with live() as t:
+            await t.press("d", "minus")
+            await t.until(
+                lambda: t.state("web/fast") is AdminState.DRAINING and t.weight("web/fast") == 2,
+                "drained and re-weighted",
+            )
+            await t.press("r")
+            await t.until(
+                lambda: t.state("web/fast") is AdminState.READY and t.weight("web/fast") == 3,
+                "back to the configuration",
+            )
+            resets = [e for e in t.bridge.events_since(0) if e.cause == "keyboard: reset"]
+            assert {(e.kind, e.new) for e in resets} == {("state", "ready"), ("weight", "3")}
+
+    run(scenario)

@@ -37,7 +37,14 @@ class SetWeight:
     relative: bool = False  # weight is a delta, e.g. +10 / -10
 
 
-Command = Drain | Enable | Disable | SetWeight
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Back to the configured state (ready) and weight."""
+
+    target: str
+
+
+Command = Drain | Enable | Disable | SetWeight | Reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,9 @@ def parse_weight(text: str) -> tuple[int, bool]:
     return value, relative
 
 
-def _one_target(cls: type[Drain | Enable | Disable]) -> Callable[[Sequence[str]], Command]:
+def _one_target(
+    cls: type[Drain | Enable | Disable | Reset],
+) -> Callable[[Sequence[str]], Command]:
     def build(args: Sequence[str]) -> Command:
         if len(args) != 1:
             raise CommandError("expected one argument: POOL/BACKEND")
@@ -106,6 +115,12 @@ REGISTRY: dict[str, CommandSpec] = {
             f"Set the weight (0..{MAX_WEIGHT}; 0 = no new traffic) or change it by N.",
             _set_weight,
         ),
+        CommandSpec(
+            "reset",
+            "reset POOL/BACKEND",
+            "Back to the configuration: ready, with the configured weight.",
+            _one_target(Reset),
+        ),
     )
 }
 
@@ -142,6 +157,12 @@ def apply(model: Model, command: Command, source: str = "operator") -> str:
         if not model.set_weight(backend, weight, f"{source}: weight"):
             return f"{backend.target}: weight already {weight}"
         return f"{backend.target}: weight {weight}"
+    if isinstance(command, Reset):
+        changed = model.set_admin(backend, AdminState.READY, cause)
+        changed = model.set_weight(backend, backend.config.weight, cause) or changed
+        if not changed:
+            return f"{backend.target}: already as configured"
+        return f"{backend.target}: ready, weight {backend.weight} (as configured)"
     state = _STATES[type(command)]
     if not model.set_admin(backend, state, cause):
         return f"{backend.target}: already {state}"
@@ -153,7 +174,7 @@ def empties_pool(snapshot: Snapshot, command: Command) -> str | None:
 
     The dashboard asks for an explicit confirmation then: traffic to that pool would fail.
     """
-    if isinstance(command, Enable):
+    if isinstance(command, Enable | Reset):
         return None
     pool_name, _, name = command.target.partition("/")
     for pool in snapshot.pools:

@@ -402,6 +402,10 @@ class TuilbApp(App[int]):
         if (target := self._target()) is not None:
             self.submit(control.Enable(target), source)
 
+    def action_reset(self, source: str = "keyboard") -> None:
+        if (target := self._target()) is not None:
+            self.submit(control.Reset(target), source)
+
     def action_disable(self, source: str = "keyboard") -> None:
         target = self._target()
         if target is None:
