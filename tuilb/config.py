@@ -97,6 +97,19 @@ class UiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """`[admin]`: the admin API (and `tuilb ctl`'s address)."""
+
+    address: Address | None = None  # TCP
+    path: str | None = None  # unix socket
+    token: str | None = None
+
+    @property
+    def listen(self) -> str:
+        return f"unix:{self.path}" if self.path is not None else str(self.address)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
     pools: dict[str, PoolConfig]
@@ -104,6 +117,7 @@ class Config:
     source: str = "<config>"
     ui: UiConfig = UiConfig()
     limits: Limits = Limits()  # noqa: RUF009 (frozen: one shared default is fine)
+    admin: AdminConfig | None = None  # no [admin] table: no admin listener
 
     def summary(self) -> str:
         n_backends = sum(len(p.backends) for p in self.pools.values())
@@ -273,13 +287,14 @@ class _Checker:
         return value
 
     def config(self, data: dict[str, Any], source: str) -> Config | None:
-        self.table(data, (), ("listeners", "pools", "timeouts", "limits", "ui"))
+        self.table(data, (), ("listeners", "pools", "timeouts", "limits", "ui", "admin"))
         self.source_dir = Path(source).parent if not source.startswith("<") else Path.cwd()
         pools = self.pools(data.get("pools"))
         listeners = self.listeners(data.get("listeners"), pools)
         timeouts = self.timeouts(data.get("timeouts", {}))
         limits = check_limits(self, data.get("limits", {}))
         ui = self.ui(data.get("ui", {}))
+        admin = self.admin(data["admin"]) if "admin" in data else None
         if self.problems:
             return None
         return Config(
@@ -289,7 +304,40 @@ class _Checker:
             source=source,
             ui=ui,
             limits=limits,
+            admin=admin,
         )
+
+    def admin(self, value: object) -> AdminConfig | None:
+        path: KeyPath = ("admin",)
+        table = self.table(value, path, ("listen", "token"))
+        listen = self.get(table, "listen", path, str, required=True)
+        token = self.get(table, "token", path, str, None)
+        if token is not None and (len(token) < 8 or not token.isprintable() or " " in token):
+            self.problem(
+                (*path, "token"), "a token needs 8 or more printable characters, no spaces"
+            )
+            token = None
+        if listen is None:
+            return None
+        if listen.startswith("unix:"):
+            socket_path = listen[len("unix:") :]
+            if not socket_path.startswith("/"):
+                self.problem((*path, "listen"), "write a unix socket as unix:/absolute/path")
+                return None
+            return AdminConfig(path=socket_path, token=token)
+        address = self.address(listen, (*path, "listen"))
+        if address is None:
+            return None
+        loopback = address.host == "localhost"
+        if address.is_literal:
+            loopback = ipaddress.ip_address(address.host).is_loopback
+        if not loopback and token is None:
+            self.problem(
+                (*path, "listen"),
+                f"{address} is reachable from other machines: set [admin] token, "
+                "or listen on 127.0.0.1 or a unix socket",
+            )
+        return AdminConfig(address=address, token=token)
 
     def ui(self, value: object) -> UiConfig:
         path: KeyPath = ("ui",)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
-from tuilb import balance
+from tuilb import admin, balance, metrics
 from tuilb.checks import HealthService
 from tuilb.config import Config, ListenerConfig
 from tuilb.errors import StartupError
@@ -83,6 +83,7 @@ class Engine:
         self._capacity = {name: trio.lowlevel.ParkingLot() for name in config.pools}
         self.health = HealthService(self.model)
         self._http: list[HttpProxy] = []
+        self._admin: tuple[trio.SocketListener, frozenset[str], str] | None = None
         self._tls: dict[str, TlsServer] = {}  # HTTPS listeners' certificates, by listener
         self.model.subscribe(self._on_event)
 
@@ -110,6 +111,14 @@ class Engine:
         if self._sockets is None:
             self._tls = _tls_servers(self.config)  # a bad certificate fails before any bind
             self._sockets = await self._bind_all()
+            if self.config.admin is not None:
+                try:
+                    self._admin = admin.bind(self.config.admin)
+                except BaseException:
+                    for _, sock in self._sockets:
+                        sock.close()
+                    raise
+                self.log("admin", listen=self._admin[2], cause="admin API listening")
         return list(self.bound)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -122,6 +131,12 @@ class Engine:
                 services.start_soon(self._sweep_idle)
                 if self.health.needed:
                     services.start_soon(self.health.run)
+                if self._admin is not None:
+                    admin_listener, hosts, _ = self._admin
+                    ctx = admin.context(
+                        self.config, self.model, hosts, metrics.exposition(self.model)
+                    )
+                    services.start_soon(admin.serve, admin_listener, ctx)
                 if isinstance(self._access, BatchLog) and self.access_log:
                     services.start_soon(self._flush_access, self._access)
                 async with trio.open_nursery() as conns:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from tuilb.latency import LatencyWindow
 __all__ = ["AdminState", "Backend", "CheckResult", "Event", "Health", "Model", "Snapshot"]
 
 CHECK_HISTORY = 20  # check results kept per backend for the detail view
+# Upper bounds (seconds) of the cumulative latency histogram /metrics exposes.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class AdminState(StrEnum):
@@ -59,6 +62,8 @@ class Backend:
         "bytes_in",
         "bytes_out",
         "checks",
+        "checks_failed",
+        "checks_ok",
         "config",
         "ejected",
         "ejections",
@@ -67,6 +72,8 @@ class Backend:
         "hysteresis",
         "last_error",
         "latency",
+        "latency_buckets",
+        "latency_sum",
         "max_connections",
         "name",
         "outlier",
@@ -103,6 +110,11 @@ class Backend:
         self.requests = 0  # HTTP: responses received, by class below (1xx..5xx)
         self.responses = [0, 0, 0, 0, 0]
         self.latency = LatencyWindow()  # HTTP: request sent -> response head received
+        # ...and cumulative, for Prometheus: counts per LATENCY_BUCKETS bound (+Inf last).
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.checks_ok = 0
+        self.checks_failed = 0
         # Health checks: the hysteresis counters and the recent results.
         self.hysteresis = Hysteresis(rise, fall)
         self.checks: deque[CheckResult] = deque(maxlen=CHECK_HISTORY)
@@ -320,6 +332,10 @@ class Model:
     def check_result(self, backend: Backend, result: CheckResult) -> None:
         """Record one active check's result and apply rise/fall."""
         backend.checks.append(CheckResult(result.ok, result.reason, result.duration, self.clock()))
+        if result.ok:
+            backend.checks_ok += 1
+        else:
+            backend.checks_failed += 1
         before = backend.hysteresis.health
         new = backend.hysteresis.observe(result.ok)
         if new is None:
@@ -344,6 +360,8 @@ class Model:
         if 100 <= status < 600:
             backend.responses[status // 100 - 1] += 1
         backend.latency.record(seconds, self.monotonic())
+        backend.latency_sum += seconds
+        backend.latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
     def _listener(self, name: str) -> ListenerStats:
         stats = self.listeners.get(name)
