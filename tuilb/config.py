@@ -325,7 +325,7 @@ class _Checker:
                 self.problem((*path, "listen"), "write a unix socket as unix:/absolute/path")
                 return None
             return AdminConfig(path=socket_path, token=token)
-        address = self.address(listen, (*path, "listen"))
+        address = self.address(listen, (*path, "listen"), bind=True)
         if address is None:
             return None
         loopback = address.host == "localhost"

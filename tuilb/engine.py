@@ -99,6 +99,11 @@ class Engine:
         self._shutdown.set()
 
     @property
+    def admin_address(self) -> str | None:
+        """Where the admin API listens once bound (`127.0.0.1:9900`, `unix:/path`)."""
+        return self._admin[2] if self._admin is not None else None
+
+    @property
     def active_connections(self) -> int:
         return len(self.connections) + sum(proxy.clients for proxy in self._http)
 
