@@ -610,10 +610,11 @@ class HttpProxy:
         req: _Req | None = None,
     ) -> None:
         headers, body = rules.error_response(status, detail)
+        head_only = req is not None and req.method == b"HEAD"  # the length, but no body
         if server.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self.model.listener_response(self.listener.name, status, ours=True)
             if req is not None:
-                req.status, req.bytes = status, len(body)
+                req.status, req.bytes = status, 0 if head_only else len(body)
             elif self.access is not None:  # no request was parsed: log what we can
                 bad = _Req(b"-", b"-", trio.current_time())
                 bad.status, bad.bytes = status, len(body)
@@ -633,8 +634,9 @@ class HttpProxy:
         if server.our_state is not h11.SEND_RESPONSE:
             return  # a response has begun: all we can do is close
         try:
-            data = server.send(h11.Response(status_code=status, headers=headers))
-            data = (data or b"") + (server.send(h11.Data(data=body)) or b"")
+            data = server.send(h11.Response(status_code=status, headers=headers)) or b""
+            if not head_only:
+                data += server.send(h11.Data(data=body)) or b""
             data += server.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             return
