@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=20.0, help="demo requests per second (0: no traffic)"
     )
     _run_options(demo)
+
+    from tuilb import ctl  # stdlib and rich only: `ctl` loads neither trio nor Textual
+
+    ctl.add_parser(sub)
     return parser
 
 
@@ -65,6 +69,10 @@ def _load(path: str) -> Config | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "ctl":
+        from tuilb import ctl
+
+        return ctl.run(args)
     companions: list[Companion] = []
     extras: list[tuple[Extra, ExtraHandler]] = []
     if args.command == "demo":
