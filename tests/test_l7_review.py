@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from tests.conftest import start_engine
+from tests.conftest import send_all, start_engine, start_server
 from tests.l7util import Client, http_config, start_backends
 from tuilb.model import AdminState
 
@@ -37,3 +37,44 @@ async def test_head_gets_tuilb_error_answers_without_a_body(nursery):
         answer = await client.request("HEAD", "/")  # the 404 keeps the connection
         assert answer.status == 404
     await client.aclose()
+
+
+async def _read_head(sock: trio.socket.SocketType, buf: bytearray) -> bytes | None:
+    """One request head (bodiless requests only) from a raw backend socket; None at EOF."""
+    while b"\r\n\r\n" not in buf:
+        data = await sock.recv(65536)
+        if not data:
+            return None
+        buf += data
+    head, _, _ = bytes(buf).partition(b"\r\n\r\n")
+    del buf[: len(head) + 4]
+    return head
+
+
+async def test_bytes_left_after_a_response_keep_the_connection_out_of_the_pool(nursery):
+    # A backend that sends more than the response (a body to HEAD, a second response)
+    # left those bytes in h11's buffer; the connection went back to the pool as clean
+    # and the next client (unrelated) got the stray bytes as its response.
+    answered = 0
+
+    async def sloppy(server, sock, seen):
+        nonlocal answered
+        buf = bytearray()
+        while await _read_head(sock, buf) is not None:
+            answered += 1
+            answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nmine"
+            if answered == 1:  # the very first answer only
+                answer += b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nevil!"
+            await send_all(sock, answer)
+
+    backend = await start_server(nursery, sloppy)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    with trio.fail_after(5):
+        first = await Client.open(run.port)
+        assert (await first.request("GET", "/1")).body == b"mine"
+        second = await Client.open(run.port)
+        for target in ("/2", "/3"):
+            assert (await second.request("GET", target)).body == b"mine"
+    assert backend.accepted == 2  # the first connection was not reused; the second was
+    await first.aclose()
+    await second.aclose()

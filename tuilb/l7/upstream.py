@@ -30,7 +30,14 @@ class Upstream:
 
     @property
     def clean(self) -> bool:
-        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        """Both sides DONE and nothing received past the response (bytes h11 holds
+        already would be taken for the next request's response)."""
+        conn = self.conn
+        return (
+            conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+            and not conn.trailing_data[0]
+        )
 
     def close(self) -> None:
         self.stream.close()
