@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import trio
 
-from tests.conftest import send_all, start_engine, start_server
-from tests.l7util import Client, http_config, start_backends
+from tests.conftest import poll, send_all, start_engine, start_server
+from tests.l7util import Client, HttpBackend, Received, http_config, start_backends
 from tuilb.model import AdminState
 
 
@@ -78,3 +78,34 @@ async def test_bytes_left_after_a_response_keep_the_connection_out_of_the_pool(n
     assert backend.accepted == 2  # the first connection was not reused; the second was
     await first.aclose()
     await second.aclose()
+
+
+async def test_expect_100_continue_is_answered_so_curl_sends_its_body_at_once(nursery):
+    # curl sends `Expect: 100-continue` before a body over 1 MiB (or when asked) and waits
+    # for `100 Continue` (1 s by default) before sending it. tuilb forwarded the head and
+    # waited for the body without a word: every such upload stalled for curl's timeout.
+    async def length(backend: HttpBackend, got: Received):
+        return 200, [], f"{len(got.body)} bytes\n".encode()
+
+    backend = HttpBackend("a", length)
+    await nursery.start(backend.serve)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    url = f"http://127.0.0.1:{run.port}/upload"
+    with trio.fail_after(10):  # curl would wait 30 s for the 100 without it
+        done = await trio.run_process(
+            [
+                "curl",
+                "-sS",
+                "--expect100-timeout",
+                "30",
+                "-H",
+                "Expect: 100-continue",
+                "--data-binary",
+                "x" * 2048,
+                url,
+            ],
+            capture_stdout=True,
+        )
+    assert done.stdout == b"2048 bytes\n"
+    assert backend.requests[0].body == b"x" * 2048
+    await poll(lambda: run.model.backend("app/app1").active == 0)

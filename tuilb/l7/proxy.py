@@ -458,6 +458,11 @@ class HttpProxy:
                 if pending:
                     await self._to_backend(upstream, pending, first)
                     first, pending = False, []
+                if server.they_are_waiting_for_100_continue:
+                    # The client (curl, for a body over 1 MiB) holds the body back until
+                    # told to go on: say so, as nginx does, rather than let it time out.
+                    go_on = h11.InformationalResponse(status_code=100, headers=[])
+                    await _send(stream, server.send(go_on))
                 data = await _receive_until(stream, trio.current_time() + self.timeouts.body)
                 if data is None:
                     raise _Fail(408, "request body too slow")
