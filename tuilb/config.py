@@ -118,6 +118,7 @@ class Config:
     ui: UiConfig = UiConfig()
     limits: Limits = Limits()  # noqa: RUF009 (frozen: one shared default is fine)
     admin: AdminConfig | None = None  # no [admin] table: no admin listener
+    state_file: str | None = None  # [state] file, resolved against the config's folder
 
     def summary(self) -> str:
         n_backends = sum(len(p.backends) for p in self.pools.values())
@@ -287,7 +288,7 @@ class _Checker:
         return value
 
     def config(self, data: dict[str, Any], source: str) -> Config | None:
-        self.table(data, (), ("listeners", "pools", "timeouts", "limits", "ui", "admin"))
+        self.table(data, (), ("listeners", "pools", "timeouts", "limits", "ui", "admin", "state"))
         self.source_dir = Path(source).parent if not source.startswith("<") else Path.cwd()
         pools = self.pools(data.get("pools"))
         listeners = self.listeners(data.get("listeners"), pools)
@@ -295,6 +296,7 @@ class _Checker:
         limits = check_limits(self, data.get("limits", {}))
         ui = self.ui(data.get("ui", {}))
         admin = self.admin(data["admin"]) if "admin" in data else None
+        state_file = self.state(data["state"]) if "state" in data else None
         if self.problems:
             return None
         return Config(
@@ -305,7 +307,19 @@ class _Checker:
             ui=ui,
             limits=limits,
             admin=admin,
+            state_file=state_file,
         )
+
+    def state(self, value: object) -> str | None:
+        path: KeyPath = ("state",)
+        table = self.table(value, path, ("file",))
+        name = self.get(table, "file", path, str, required=True)
+        if name is None:
+            return None
+        file = Path(name) if Path(name).is_absolute() else self.source_dir / name
+        if not file.parent.is_dir():
+            self.problem((*path, "file"), f"the folder {str(file.parent)!r} does not exist")
+        return str(file)
 
     def admin(self, value: object) -> AdminConfig | None:
         path: KeyPath = ("admin",)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
-from tuilb import admin, balance, metrics
+from tuilb import admin, balance, metrics, state
 from tuilb.checks import HealthService
 from tuilb.config import Config, ListenerConfig
 from tuilb.errors import StartupError
@@ -84,6 +84,7 @@ class Engine:
         self.health = HealthService(self.model)
         self._http: list[HttpProxy] = []
         self._admin: tuple[trio.SocketListener, frozenset[str], str] | None = None
+        self._state_saving = False  # on once the saved state was restored
         self._tls: dict[str, TlsServer] = {}  # HTTPS listeners' certificates, by listener
         self.model.subscribe(self._on_event)
 
@@ -132,6 +133,7 @@ class Engine:
         sockets = self._sockets
         try:
             self.model.monotonic = trio.current_time  # ejections and ramps on trio's clock
+            self._restore_state()
             async with trio.open_nursery() as services:
                 services.start_soon(self._sweep_idle)
                 if self.health.needed:
@@ -316,11 +318,35 @@ class Engine:
                 elif now - conn.since >= idle and conn.scope is not None:
                     conn.scope.cancel()
 
+    # -- persistent runtime state -------------------------------------------------------------
+    def _restore_state(self) -> None:
+        path = self.config.state_file
+        if path is None:
+            return
+        try:
+            saved = state.load(path)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self.log("state_file", "warning", file=path, cause=f"ignored: {reason}")
+        else:
+            for note in state.restore(self.model, saved):
+                self.log("state_file", file=path, cause=note)
+        self._state_saving = True
+
+    def _save_state(self) -> None:
+        assert self.config.state_file is not None
+        try:
+            state.save(self.config.state_file, state.encode(self.model))
+        except OSError as exc:
+            self._on_error("state_file", None, f"cannot write: {exc.strerror or exc}", None)
+
     # -- logging glue ------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
         self.log(event.kind, target=event.target, from_=event.old, to=event.new, cause=event.cause)
         if event.kind == "state" and event.old == "disabled":
             self.health.wake(self.model.backend(event.target))
+        if self._state_saving and event.kind in ("state", "weight"):
+            self._save_state()  # operator changes only: health never changes these
         # A state or weight change may free room for connections waiting on capacity.
         for lot in self._capacity.values():
             lot.unpark_all()
