@@ -351,7 +351,9 @@ def test_plus_and_minus_change_the_weight_by_one() -> None:
             await t.until(lambda: t.weight("web/fast") == start + 1, "weight +1")
             await t.press("equals_sign")  # '=' is '+' without shift
             await t.until(lambda: t.weight("web/fast") == start + 2, "weight +2")
-            await t.until(lambda: cell(t.app, "web/fast", "weight") == str(start + 2), "cell")
+            await t.until(
+                lambda: cell(t.app, "web/fast", "weight") == f"{start + 2} (cfg {start})", "cell"
+            )
             await t.press("minus")
             await t.until(lambda: t.weight("web/fast") == start + 1, "weight -1")
             weights = [e for e in t.bridge.events_since(0) if e.kind == "weight"]
@@ -391,7 +393,7 @@ def test_w_sets_an_exact_weight_refuses_bad_values_and_escape_cancels() -> None:
             await t.press("7", "enter")
             await t.main_screen()
             await t.until(lambda: t.weight("web/fast") == 7, "weight 7")
-            await t.until(lambda: cell(t.app, "web/fast", "weight") == "7", "the cell")
+            await t.until(lambda: cell(t.app, "web/fast", "weight") == "7 (cfg 3)", "the cell")
             event = t.bridge.events_since(0)[-1]
             assert (event.kind, event.old, event.new) == ("weight", str(start), "7")
             assert "keyboard" in event.cause

@@ -87,6 +87,8 @@ def row_cells(b: BackendSnapshot, tracker: RateTracker, drain_start: int) -> Cel
     weight = str(b.weight)
     if b.slow_start < 1.0:  # ramping up after coming back
         weight = f"{b.weight} (eff {b.effective_weight:.1f})"
+    elif b.weight != b.config_weight:  # an operator changed it: show what the config says
+        weight = f"{b.weight} (cfg {b.config_weight})"
     return (
         (clean(target), "bold"),
         (clean(b.address), ""),
