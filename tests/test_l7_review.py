@@ -4,9 +4,11 @@ Real peers on 127.0.0.1 (h11, raw sockets, curl where its behaviour matters)."""
 from __future__ import annotations
 
 import trio
+import trustme
 
-from tests.conftest import poll, send_all, start_engine, start_server
+from tests.conftest import connect, poll, send_all, start_engine, start_server
 from tests.l7util import Client, HttpBackend, Received, http_config, start_backends
+from tests.test_l7_tls import Pki, tls_client, tls_table
 from tuilb.model import AdminState
 
 
@@ -109,3 +111,83 @@ async def test_expect_100_continue_is_answered_so_curl_sends_its_body_at_once(nu
     assert done.stdout == b"2048 bytes\n"
     assert backend.requests[0].body == b"x" * 2048
     await poll(lambda: run.model.backend("app/app1").active == 0)
+
+
+async def test_a_client_that_stops_reading_does_not_hold_its_backend_forever(nursery):
+    # Writes had no deadline: a client that sent a request and stopped reading the
+    # response held the exchange, and the backend's active count, for good.
+    big = b"y" * (64 << 20)  # far more than the socket buffers on both sides hold
+
+    async def huge(backend: HttpBackend, got: Received):
+        return 200, [], big
+
+    backend = HttpBackend("a", huge)
+    await nursery.start(backend.serve)
+    config = http_config({"app": [backend.port]}, extra="[timeouts]\nbody = 0.3\n")
+    run = await start_engine(nursery, config)
+    app1 = run.model.backend("app/app1")
+    sock = await connect(run.port)
+    with sock:
+        await send_all(sock, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.fail_after(5):
+            await poll(lambda: app1.active == 1)
+            await poll(lambda: app1.active == 0 and run.engine.active_connections == 0)
+
+
+async def test_an_https_client_that_stops_reading_does_not_hold_its_backend_forever(
+    nursery, tmp_path
+):
+    pki = Pki(trustme.CA(), tmp_path)
+    big = b"y" * (64 << 20)
+
+    async def huge(backend: HttpBackend, got: Received):
+        return 200, [], big
+
+    backend = HttpBackend("a", huge)
+    await nursery.start(backend.serve)
+    cert, key = pki.issue("site", "example.test")
+    config = http_config(
+        {"app": [backend.port]},
+        listener_extra=tls_table((cert, key, ())),
+        extra="[timeouts]\nbody = 0.3\n",
+    )
+    run = await start_engine(nursery, config)
+    app1 = run.model.backend("app/app1")
+    _, stream = await tls_client(run.port, pki.client_context())
+    await stream.send_all(b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n")
+    with trio.fail_after(5):
+        await poll(lambda: app1.active == 1)
+        await poll(lambda: app1.active == 0 and run.engine.active_connections == 0)
+    await stream.transport_stream.aclose()
+
+
+async def test_a_backend_that_stops_reading_the_body_does_not_hold_the_client_forever(nursery):
+    # The same toward a backend: one that took the head and then read nothing more kept
+    # tuilb writing the request body forever.
+    async def deaf(server, sock, seen):
+        seen.data += await sock.recv(65536)
+        await trio.sleep_forever()
+
+    backend = await start_server(nursery, deaf)
+    config = http_config({"app": [backend.port]}, extra="[timeouts]\nbody = 0.3\n")
+    run = await start_engine(nursery, config)
+    app1 = run.model.backend("app/app1")
+    sock = await connect(run.port)
+    body = 64 << 20
+
+    async def upload() -> None:
+        head = f"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {body}\r\n\r\n".encode()
+        try:
+            await send_all(sock, head + b"z" * body)
+        except OSError:
+            pass  # tuilb gave up and closed
+
+    with sock:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(upload)
+            with trio.fail_after(5):
+                await poll(lambda: app1.active == 1)
+                await poll(lambda: app1.active == 0 and run.engine.active_connections == 0)
+            inner.cancel_scope.cancel()
+    assert app1.resets == 0  # a backend that is slow to read is not one that reset
+    assert run.model.listeners["web"].errors == 1  # tuilb's 504

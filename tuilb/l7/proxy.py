@@ -27,7 +27,7 @@ from tuilb.config import Config, ListenerConfig
 from tuilb.httpconf import RouteConfig
 from tuilb.l7 import route as routing
 from tuilb.l7 import rules
-from tuilb.l7.stream import SocketStream, Stream
+from tuilb.l7.stream import SocketStream, Stream, TimedSend
 from tuilb.l7.tls import TlsServer
 from tuilb.l7.upstream import Upstream, UpstreamPool
 from tuilb.log import Log
@@ -113,7 +113,7 @@ class HttpProxy:
     # -- one client connection --------------------------------------------------------------
     async def handle(self, sock: socket.socket, peer: Any) -> None:
         client_ip = str(peer[0]) if isinstance(peer, tuple) else ""
-        stream: Stream = SocketStream(sock)
+        stream: Stream = SocketStream(sock, self.timeouts.body)
         server = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.clients += 1
         try:
@@ -121,7 +121,7 @@ class HttpProxy:
                 secured = await self.tls.accept(sock, self.timeouts.tls_handshake, self._error)
                 if secured is None:
                     return
-                stream = secured
+                stream = TimedSend(secured, self.timeouts.body)
             first = True
             while not self.closing or first:
                 request = await self._read_request(stream, server, first)
@@ -428,7 +428,7 @@ class HttpProxy:
             except BaseException:
                 self.model.connection_aborted(backend)
                 raise
-            return Upstream(backend, SocketStream(sock))
+            return Upstream(backend, SocketStream(sock, self.timeouts.body))
 
     async def _pass_request(
         self,
@@ -483,6 +483,8 @@ class HttpProxy:
         data = b"".join(pending)
         try:
             await upstream.stream.send(data)
+        except TimeoutError:  # the backend took none of the request for `timeouts.body`
+            raise _Fail(504, "the backend did not take the request in time") from None
         except OSError:
             if first and upstream.reused:
                 raise _Retry from None  # a kept-alive connection closed under us

@@ -4,6 +4,7 @@ later a TLS stream with the same two methods."""
 
 from __future__ import annotations
 
+import math
 import socket
 from typing import Protocol
 
@@ -24,11 +25,14 @@ class Stream(Protocol):
 
 
 class SocketStream:
-    __slots__ = ("fd", "sock")
+    __slots__ = ("fd", "send_timeout", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, send_timeout: float = math.inf) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        # A peer that takes no byte for this long fails the send with TimeoutError (an
+        # OSError, so callers treat it as a dead peer); timed only when a send must wait.
+        self.send_timeout = send_timeout
 
     async def receive(self) -> bytes:
         recv = self.sock.recv
@@ -63,13 +67,17 @@ class SocketStream:
             return
         view = memoryview(data)[sent:]
         send = self.sock.send
-        while view:
-            try:
-                sent = send(view)
-            except BlockingIOError:
-                await wait_writable(self.fd)
-                continue
-            view = view[sent:]
+        with trio.move_on_after(self.send_timeout) as waiting:
+            while view:
+                try:
+                    sent = send(view)
+                except BlockingIOError:
+                    await wait_writable(self.fd)
+                    continue
+                view = view[sent:]
+                waiting.deadline = trio.current_time() + self.send_timeout
+        if view:
+            raise TimeoutError(f"the peer took no byte for {self.send_timeout:g}s")
 
     def close(self) -> None:
         self.sock.close()
@@ -84,3 +92,26 @@ class SocketStream:
         except OSError:
             return False
         return False  # EOF or stray bytes: either way not for another request
+
+
+class TimedSend:
+    """Another stream (TLS) whose sends fail like `SocketStream`'s: TimeoutError when a
+    send does not complete within `send_timeout` seconds."""
+
+    __slots__ = ("inner", "send_timeout")
+
+    def __init__(self, inner: Stream, send_timeout: float) -> None:
+        self.inner = inner
+        self.send_timeout = send_timeout
+
+    async def receive(self) -> bytes:
+        return await self.inner.receive()
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        with trio.move_on_after(self.send_timeout):
+            await self.inner.send(data)
+            return
+        raise TimeoutError(f"the peer took no byte for {self.send_timeout:g}s")
+
+    def close(self) -> None:
+        self.inner.close()
