@@ -191,3 +191,18 @@ async def test_a_backend_that_stops_reading_the_body_does_not_hold_the_client_fo
             inner.cancel_scope.cancel()
     assert app1.resets == 0  # a backend that is slow to read is not one that reset
     assert run.model.listeners["web"].errors == 1  # tuilb's 504
+
+
+async def test_an_error_answer_after_which_tuilb_closes_says_connection_close(nursery):
+    # 502, 503 and 504 end the client connection, but the answer did not say so: a
+    # keep-alive client sent its next request into a closing connection.
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"app": [a.port]}))
+    run.model.set_admin(run.model.backend("app/app1"), AdminState.DISABLED, "test")
+    client = await Client.open(run.port)
+    with trio.fail_after(5):
+        answer = await client.request("GET", "/")
+        assert answer.status == 503
+        assert answer.header(b"connection") == [b"close"]
+        assert await client.stream.receive_some(1) == b""  # and it does close
+    await client.aclose()

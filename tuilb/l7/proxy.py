@@ -235,7 +235,7 @@ class HttpProxy:
             request.method, request.target, headers, self.limits, http_version=request.http_version
         )
         if problem is not None:
-            await self._send_error(stream, server, problem.status, problem.reason, req)
+            await self._send_error(stream, server, problem.status, problem.reason, req, close=True)
             return False
         authority, target = rules.split_target(request.target)
         header_map = routing.header_map(headers)
@@ -254,7 +254,9 @@ class HttpProxy:
         max_body = max_body or self.limits.max_body
         body, length = rules.request_framing(headers)
         if max_body and length is not None and length > max_body:
-            await self._send_error(stream, server, 413, f"body over {max_body} bytes", req)
+            await self._send_error(
+                stream, server, 413, f"body over {max_body} bytes", req, close=True
+            )
             return False
         trusted = self._trusted(client_ip)
         upgrade = rules.is_upgrade(headers)
@@ -285,7 +287,7 @@ class HttpProxy:
                 bool(length) or body == "chunked",
             )
         except _Fail as fail:
-            await self._send_error(stream, server, fail.status, fail.detail, req)
+            await self._send_error(stream, server, fail.status, fail.detail, req, close=True)
             return False
 
     def _trusted(self, client_ip: str) -> bool:
@@ -615,8 +617,13 @@ class HttpProxy:
         status: int,
         detail: str,
         req: _Req | None = None,
+        close: bool = False,
     ) -> None:
+        """tuilb's own answer; `close` when the connection ends after it (said in the
+        answer so the client does not send another request into the closing connection)."""
         headers, body = rules.error_response(status, detail)
+        if close and (b"connection", b"close") not in headers:
+            headers.append((b"connection", b"close"))
         head_only = req is not None and req.method == b"HEAD"  # the length, but no body
         if server.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self.model.listener_response(self.listener.name, status, ours=True)
