@@ -206,3 +206,20 @@ async def test_an_error_answer_after_which_tuilb_closes_says_connection_close(nu
         assert answer.header(b"connection") == [b"close"]
         assert await client.stream.receive_some(1) == b""  # and it does close
     await client.aclose()
+
+
+async def test_a_refused_request_whose_client_awaits_100_continue_is_not_waited_on(nursery):
+    # A 404 to a request that waits for `100 Continue` means "don't send the body"; tuilb
+    # then waited `timeouts.body` (30 s) for that body to skip it before it went on.
+    (a,) = await start_backends(nursery, "a")
+    run = await start_engine(nursery, http_config({"api": [a.port]}))  # no default: 404
+    sock = await connect(run.port)
+    with sock, trio.fail_after(5):
+        await send_all(
+            sock,
+            b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n",
+        )
+        out = bytearray()
+        while data := await sock.recv(65536):
+            out += data
+    assert out.startswith(b"HTTP/1.1 404 ") and b"connection: close" in out.lower()

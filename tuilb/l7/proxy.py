@@ -591,7 +591,11 @@ class HttpProxy:
         self, stream: Stream, server: h11.Connection, status: int, why: str, req: _Req
     ) -> bool:
         """An error answer that keeps the connection if the request's body (up to
-        DISCARD_LIMIT, as nginx discards one) can be read past in time."""
+        DISCARD_LIMIT, as nginx discards one) can be read past in time. A client waiting
+        for `100 Continue` is told this way not to send its body: close, not wait for it."""
+        if server.they_are_waiting_for_100_continue:
+            await self._send_error(stream, server, status, why, req, close=True)
+            return False
         await self._send_error(stream, server, status, why, req)
         discarded = 0
         with trio.move_on_after(self.timeouts.body):
