@@ -466,3 +466,49 @@ async def test_bytes_both_ways_count_on_the_backend(nursery):
     assert 1000 < backend.bytes_in < 1400  # the body and the rewritten head
     assert len(answer.body) < backend.bytes_out < len(answer.body) + 200
     await client.aclose()
+
+
+async def test_stray_bytes_on_an_idle_pooled_connection_never_answer_a_request(nursery):
+    """A server may write (e.g. a 408) on a kept-alive connection before closing it; the
+    next request must not take those bytes as its answer."""
+    import socket as stdlib_socket
+
+    backend_streams: list[trio.SocketStream] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        backend_streams.append(stream)
+        buf = b""
+        try:
+            while data := await stream.receive_some(65536):
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    _, _, buf = buf.partition(b"\r\n\r\n")
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except trio.BrokenResourceError:
+            pass  # the proxy dropped the connection it no longer trusted
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, serve, listeners)
+    run = await start_engine(nursery, http_config({"app": [port]}))
+    client = await Client.open(run.port)
+    assert (await client.request("GET", "/1")).body == b"ok"
+    proxy = run.engine._http[0]
+    backend = run.model.backend("app/app1")
+    with trio.fail_after(5):
+        await poll(lambda: proxy.upstreams.idle_count(backend) == 1)
+    await backend_streams[0].send_all(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+    pooled = proxy.upstreams._idle[backend][0].stream.sock
+    flags = stdlib_socket.MSG_PEEK | stdlib_socket.MSG_DONTWAIT
+
+    def arrived() -> bool:
+        try:
+            return bool(pooled.recv(1, flags))
+        except BlockingIOError:
+            return False
+
+    with trio.fail_after(5):
+        await poll(arrived)  # the stray answer now waits in the pooled connection
+    answer = await client.request("GET", "/2")
+    assert (answer.status, answer.body) == (200, b"ok")
+    await client.aclose()

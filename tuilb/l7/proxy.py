@@ -316,7 +316,7 @@ class HttpProxy:
         tried: set[Backend] = set()
         resend = False  # a retry: the (bodiless) request was read from the client already
         while True:
-            upstream = await self._upstream(pool, client_ip, tried, may_retry)
+            upstream = await self._upstream(pool, client_ip, tried)
             backend = upstream.backend
             try:
                 sent_at = trio.current_time()
@@ -396,9 +396,7 @@ class HttpProxy:
             nursery.start_soon(copy, stream, upstream.stream, nursery.cancel_scope)
             nursery.start_soon(copy, upstream.stream, stream, nursery.cancel_scope)
 
-    async def _upstream(
-        self, pool: Pool, client_ip: str, tried: set[Backend], may_retry: bool
-    ) -> Upstream:
+    async def _upstream(self, pool: Pool, client_ip: str, tried: set[Backend]) -> Upstream:
         """A connection to a backend of `pool`: pooled if one is idle, else a new one."""
         balancer = self.balancers[pool.name]
         failures = 0
@@ -411,7 +409,10 @@ class HttpProxy:
                 self._error("no_backend", None, f"no usable backend in pool {pool.name!r}")
                 raise _Fail(503, f"no usable backend in pool {pool.name!r}")
             self.model.connection_started(backend)
-            upstream = self.upstreams.take(backend, trio.current_time(), check=not may_retry)
+            # Always peeked, even for a request that could be retried: stray bytes (a 408 a
+            # server sends before closing an idle connection) would otherwise be taken as
+            # this request's answer, not as a dead connection.
+            upstream = self.upstreams.take(backend, trio.current_time())
             if upstream is not None:
                 return upstream
             tried.add(backend)

@@ -49,14 +49,13 @@ class UpstreamPool:
         self.idle_limit = idle_limit
         self._idle: dict[Backend, list[Upstream]] = {}
 
-    def take(self, backend: Backend, now: float, check: bool = True) -> Upstream | None:
-        """An idle connection to `backend`, or None. `check=False` skips the peek, for a
-        request that is retried anyway if the connection turns out dead."""
+    def take(self, backend: Backend, now: float) -> Upstream | None:
+        """An idle connection to `backend` that is still open and quiet, or None."""
         idle = self._idle.get(backend)
         while idle:
             upstream = idle.pop()  # the most recently used: the least likely to be closed
             fresh = now - upstream.idle_since < self.idle_limit
-            if fresh and (not check or upstream.stream.reusable()):
+            if fresh and upstream.stream.reusable():
                 upstream.reused = True
                 return upstream
             upstream.close()
