@@ -47,32 +47,19 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# bench/l4.py: process bookkeeping, CPU accounting and HAProxy limits (this script's own
-# directory is on sys.path when it runs as `python bench/dashboard.py`).
-from l4 import (
-    Children,
-    children_cpu,
-    cpu_seconds,
-    free_ports,
-    haproxy_maxconn,
-    machine,
-    machine_busy,
-    peak_rss_kib,
-    port_open,
-    sigterm_as_interrupt,
-    wait_for,
-)
+# bench/common.py: what the three benchmarks share (process bookkeeping, CPU accounting,
+# configs, wrk, rounds, failure handling, JSON, command line).
+import common
+from common import Children, median, port_open, spread
 
-HOST = "127.0.0.1"
 BACKENDS = ("app1", "app2", "app3")
 DEFAULT_REFRESH = 2.0  # tuilb's [ui] refresh default, per second
 THROUGHPUT_TARGET = 0.9  # dashboard / headless req/s, issue 3
@@ -213,38 +200,9 @@ def traced_main(out: str, argv: list[str]) -> int:
 # -- tuilb configuration and processes ---------------------------------------------------------
 
 
-def backend_cfg(ports: list[int]) -> str:
-    binds = "".join(f"    bind {HOST}:{port}\n" for port in ports)
-    return f"""global
-    nbthread 1
-    maxconn {haproxy_maxconn()}
-defaults
-    mode http
-    timeout client 60s
-    timeout server 60s
-    timeout connect 5s
-frontend http_backend
-{binds}    http-request return status 200 content-type text/plain string ok
-"""
-
-
 def tuilb_cfg(port: int, backend_ports: list[int], refresh: float | None) -> str:
-    text = f"""[[listeners]]
-name = "web"
-bind = "{HOST}:{port}"
-protocol = "tcp"
-pool = "app"
-
-[pools.app]
-algorithm = "round_robin"
-"""
-    for name, backend in zip(BACKENDS, backend_ports, strict=True):
-        text += f"""
-[[pools.app.backends]]
-name = "{name}"
-address = "{HOST}:{backend}"
-"""
-    text += "\n[timeouts]\nshutdown_grace = 2.0\n"
+    pool = list(zip(BACKENDS, backend_ports, strict=True))
+    text = common.tuilb_cfg([("web", port, "app")], {"app": pool}, protocol="tcp")
     if refresh is not None:
         text += f"\n[ui]\nrefresh = {refresh:g}\n"
     return text
@@ -395,8 +353,8 @@ def _alive(pid: int) -> bool:
 
 
 def _dump_stacks(pid: int, out: Path) -> None:
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(pyspy).exists():
+    pyspy = common.find_pyspy()
+    if pyspy is None:
         return
     try:
         dump = subprocess.run([pyspy, "dump", "-p", str(pid)], capture_output=True, timeout=10)
@@ -414,7 +372,7 @@ def _has_terminfo(name: str) -> bool:
 
 
 class Fleet:
-    """Everything the benchmark starts: Children (l4.py) plus the tmux servers."""
+    """Everything the benchmark starts: Children (common.py) plus the tmux servers."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -424,12 +382,8 @@ class Fleet:
         self.me = [sys.executable, str(Path(__file__).resolve())]
 
     def start_backend(self, ports: list[int]) -> None:
-        haproxy = shutil.which("haproxy")
-        if haproxy is None:
-            raise RuntimeError("haproxy is needed as the HTTP backend: apt-get install haproxy")
-        (self.workdir / "backend.cfg").write_text(backend_cfg(ports))
-        proc = self.kids.start("backend", [haproxy, "-f", "backend.cfg", "-db"])
-        wait_for(lambda: all(port_open(p) for p in ports), proc, "the HTTP backend (haproxy)")
+        cfg = common.http_backend_cfg(ports)
+        proc = self.kids.start_haproxy("backend", cfg, ports, "the HTTP backend (haproxy)")
         self.backend_pid = proc.pid
 
     def start_target(self, target: Target, backend_ports: list[int]) -> None:
@@ -438,15 +392,15 @@ class Fleet:
         conf.write_text(tuilb_cfg(target.port, backend_ports, refresh))
         self.targets.append(target)
         if target.kind == "headless":
-            argv = [sys.executable, "-m", "tuilb", "run", str(conf), "--headless"]
-            target.proc = self.kids.start(target.name, argv)
-            wait_for(lambda: " listening " in self.kids.log_text(target.name), target.proc, "tuilb")
+            target.proc = self.kids.start_tuilb(target.name, conf, 1, "tuilb")
             target.pid = target.proc.pid
         elif target.kind == "guest":
             target.proc = self.kids.start(
                 target.name, [*self.me, "_guest", str(conf), target.driver]
             )
-            wait_for(lambda: "listening" in self.kids.log_text(target.name), target.proc, "guest")
+            common.wait_for(
+                lambda: "listening" in self.kids.log_text(target.name), target.proc, "guest"
+            )
             target.pid = target.proc.pid
         else:
             self.start_dashboard(target, [sys.executable, "-m", "tuilb", "run", str(conf)])
@@ -507,63 +461,37 @@ class Sample:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-_WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
-_WRK_TOTAL = re.compile(r"(\d+) requests in ")
-_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 _WRK_LAT = re.compile(r"LATENCY_US (.*)")
 
 
 def run_wrk(port: int, seconds: float, load: Load) -> Sample:
     assert load.script is not None
-    argv = ["wrk", "-t1", f"-c{load.connections}", f"-d{seconds:g}s", "-s", str(load.script)]
-    argv.append(f"http://{HOST}:{port}/")
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
-    rps, total, lat = _WRK_RPS.search(out), _WRK_TOTAL.search(out), _WRK_LAT.search(out)
-    if rps is None or total is None or lat is None:
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    out = common.wrk(port, seconds, load.connections, "-s", str(load.script))
+    lat = _WRK_LAT.search(out.out)
+    if lat is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out.out}")
     latency = {k: float(v) for k, v in (kv.split("=") for kv in lat.group(1).split())}
-    errors: dict[str, int] = {}
-    if m := _WRK_SOCKET.search(out):
-        for key, value in zip(("connect", "read", "write", "timeout"), m.groups(), strict=True):
-            if int(value):
-                errors[key] = int(value)
-    if m := _WRK_NON2XX.search(out):
-        errors["non2xx"] = int(m.group(1))
-    return Sample(float(rps.group(1)), int(total.group(1)), latency, errors=errors)
-
-
-def cpu_of(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            total += cpu_seconds(pid)
-        except OSError:
-            pass
-    return total
+    return Sample(out.rps, out.requests, latency, errors=out.errors)
 
 
 def measure(fleet: Fleet, target: Target, load: Load, opts: argparse.Namespace) -> Sample:
     idle = [p for t in fleet.targets if t is not target for p in (t.pid, t.term_pid) if p]
-    before = cpu_seconds(target.pid)
-    before_term = cpu_of([target.term_pid] if target.term_pid else [])
-    before_backend = cpu_seconds(fleet.backend_pid)
-    before_idle = cpu_of(idle)
-    before_client = children_cpu()
-    before_busy = machine_busy()
-    start = time.perf_counter()
+    meter = common.CpuMeter(
+        tuilb=[target.pid],
+        term=[target.term_pid] if target.term_pid else [],
+        backend=[fleet.backend_pid],
+        idle=idle,
+    )
     sample = run_wrk(target.port, opts.duration, load)
-    sample.wall = time.perf_counter() - start
-    busy = machine_busy() - before_busy
-    sample.client_cpu = children_cpu() - before_client
-    sample.cpu = cpu_seconds(target.pid) - before
-    sample.term_cpu = cpu_of([target.term_pid] if target.term_pid else []) - before_term
-    sample.backend_cpu = cpu_seconds(fleet.backend_pid) - before_backend
-    sample.idle_cpu = cpu_of(idle) - before_idle
-    ours = sample.cpu + sample.term_cpu + sample.client_cpu + sample.backend_cpu + sample.idle_cpu
-    sample.other_pct = max(0.0, busy - ours) / sample.wall * 100
-    if target.proc is not None and target.proc.poll() is not None:
-        raise RuntimeError(f"{target.name} exited (status {target.proc.returncode})")
+    usage = meter.stop()
+    sample.wall = usage.wall
+    sample.client_cpu = usage.client
+    sample.cpu = usage.cpu["tuilb"]
+    sample.term_cpu = usage.cpu["term"]
+    sample.backend_cpu = usage.cpu["backend"]
+    sample.idle_cpu = usage.cpu["idle"]
+    sample.other_pct = usage.other_pct
+    common.check_running(target.name, target.proc)
     if target.tmux is not None and target.tmux.dead():
         raise RuntimeError(f"{target.name} exited (the tmux pane is dead)")
     return sample
@@ -572,49 +500,58 @@ def measure(fleet: Fleet, target: Target, load: Load, opts: argparse.Namespace) 
 # -- report ------------------------------------------------------------------------------------
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
-
-
-def spread(values: list[float]) -> float:
-    """Half the min-max range, relative to the median, in percent."""
-    mid = median(values)
-    return (max(values) - min(values)) / 2 / mid * 100 if len(values) > 1 and mid else 0.0
-
-
 def ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
-WIDTH = 18
-
-
 def _row(label: str, cells: list[str]) -> str:
-    return f"{label:<30}" + "".join(f"{c:>{WIDTH}}" for c in cells)
+    return common.row(label, cells, 30, 18)
 
 
 def summarize(samples: list[Sample]) -> dict[str, float]:
     timed = [s for s in samples if s.wall]
+    served = [s for s in samples if s.requests]
+
+    def ms_of(p: str) -> float:  # a latency percentile's median, in ms
+        return median([s.latency_us[p] for s in samples]) / 1000
+
     return {
         "rps": median([s.rps for s in samples]),
         "rps_spread_pct": spread([s.rps for s in samples]),
-        "p50_ms": median([s.latency_us["p50"] for s in samples]) / 1000,
-        "p90_ms": median([s.latency_us["p90"] for s in samples]) / 1000,
-        "p99_ms": median([s.latency_us["p99"] for s in samples]) / 1000,
+        "p50_ms": ms_of("p50"),
+        "p90_ms": ms_of("p90"),
+        "p99_ms": ms_of("p99"),
         "p99_spread_pct": spread([s.latency_us["p99"] for s in samples]),
-        "p999_ms": median([s.latency_us["p999"] for s in samples]) / 1000,
-        "max_ms": median([s.latency_us["max"] for s in samples]) / 1000,
-        "cpu_us_per_req": median([s.cpu / s.requests * 1e6 for s in samples if s.requests]),
-        "term_cpu_us_per_req": median(
-            [s.term_cpu / s.requests * 1e6 for s in samples if s.requests]
-        ),
-        "cpu_pct": median([s.cpu / s.wall * 100 for s in timed]),
-        "term_cpu_pct": median([s.term_cpu / s.wall * 100 for s in timed]),
-        "client_cpu_pct": median([s.client_cpu / s.wall * 100 for s in timed]),
-        "backend_cpu_pct": median([s.backend_cpu / s.wall * 100 for s in timed]),
-        "idle_cpu_pct": median([s.idle_cpu / s.wall * 100 for s in timed]),
+        "p999_ms": ms_of("p999"),
+        "max_ms": ms_of("max"),
+        **{
+            f"{cpu}_us_per_req": median([getattr(s, cpu) / s.requests * 1e6 for s in served])
+            for cpu in ("cpu", "term_cpu")
+        },
+        **{
+            f"{cpu}_pct": median([getattr(s, cpu) / s.wall * 100 for s in timed])
+            for cpu in ("cpu", "term_cpu", "client_cpu", "backend_cpu", "idle_cpu")
+        },
         "other_pct": median([s.other_pct for s in samples]),
     }
+
+
+# The rows of each load's table: label, and the cell's format (fields: `summarize`'s keys).
+ROWS = [
+    ("req/s", "{rps:,.0f} ±{rps_spread_pct:.0f}%"),
+    ("p50 ms", "{p50_ms:.2f}"),
+    ("p90 ms", "{p90_ms:.2f}"),
+    ("p99 ms", "{p99_ms:.2f} ±{p99_spread_pct:.0f}%"),
+    ("p99.9 ms", "{p999_ms:.2f}"),
+    ("max ms", "{max_ms:.1f}"),
+    ("tuilb CPU µs/request", "{cpu_us_per_req:.1f}"),
+    ("tuilb CPU (% of a core)", "{cpu_pct:.0f}%"),
+    ("tmux server CPU", "{term_cpu_pct:.0f}%"),
+    ("wrk CPU", "{client_cpu_pct:.0f}%"),
+    ("backend CPU", "{backend_cpu_pct:.0f}%"),
+    ("idle tuilbs (+ their tmux)", "{idle_cpu_pct:.0f}%"),
+    ("everything else on the box", "{other_pct:.0f}%"),
+]
 
 
 def report(
@@ -628,28 +565,13 @@ def report(
         summary["median"][load.name] = meds
         print(f"\n{load.name}: {load.describe(opts.duration)}")
         print(_row("", names))
-        rows: list[tuple[str, Any]] = [
-            ("req/s", lambda m: f"{m['rps']:,.0f} ±{m['rps_spread_pct']:.0f}%"),
-            ("p50 ms", lambda m: f"{m['p50_ms']:.2f}"),
-            ("p90 ms", lambda m: f"{m['p90_ms']:.2f}"),
-            ("p99 ms", lambda m: f"{m['p99_ms']:.2f} ±{m['p99_spread_pct']:.0f}%"),
-            ("p99.9 ms", lambda m: f"{m['p999_ms']:.2f}"),
-            ("max ms", lambda m: f"{m['max_ms']:.1f}"),
-            ("tuilb CPU µs/request", lambda m: f"{m['cpu_us_per_req']:.1f}"),
-            ("tuilb CPU (% of a core)", lambda m: f"{m['cpu_pct']:.0f}%"),
-            ("tmux server CPU", lambda m: f"{m['term_cpu_pct']:.0f}%"),
-            ("wrk CPU", lambda m: f"{m['client_cpu_pct']:.0f}%"),
-            ("backend CPU", lambda m: f"{m['backend_cpu_pct']:.0f}%"),
-            ("idle tuilbs (+ their tmux)", lambda m: f"{m['idle_cpu_pct']:.0f}%"),
-            ("everything else on the box", lambda m: f"{m['other_pct']:.0f}%"),
-        ]
-        for label, cell in rows:
+        for label, cell in ROWS:
             cells = []
             for t in targets:
                 if label == "tmux server CPU" and not t.term_pid:
                     cells.append("-")
                 else:
-                    cells.append(cell(meds[t.name]))
+                    cells.append(cell.format(**meds[t.name]))
             print(_row(label, cells))
 
     print("\ncompared with headless (ratio, or difference, of the medians; [per-round median])")
@@ -707,12 +629,11 @@ def report(
                 f"  p99 ({load}) {delta:+.2f} ms, target <= +{P99_TARGET_MS:g} ms: "
                 + ("met" if ok else "NOT met")
             )
-    others = [s.other_pct for per in results.values() for ss in per.values() for s in ss]
-    if median(others) >= 20:
-        print(
-            f"note: other processes kept {median(others):.0f}% of a core busy (median): absolute "
-            "figures are depressed and noisier than on a quiet machine; compare within the run"
-        )
+    common.note_other_load(
+        common.other_load(results),
+        "): absolute figures are depressed and noisier than on a quiet machine; compare "
+        "within the run",
+    )
     return summary
 
 
@@ -721,7 +642,7 @@ def report(
 
 def stalls(fleet: Fleet, opts: argparse.Namespace, backend_ports: list[int]) -> dict[str, Any]:
     """One more dashboard, traced (see traced_main), through every load: where the loop went."""
-    port = free_ports(1)[0]
+    port = common.free_ports(1)[0]
     target = Target("traced", "dashboard", port, opts.refresh_list[0])
     out = fleet.workdir / "stalls.json"
     conf = fleet.workdir / "traced.toml"
@@ -780,26 +701,11 @@ def stalls(fleet: Fleet, opts: argparse.Namespace, backend_ports: list[int]) -> 
 
 def profile(target: Target, opts: argparse.Namespace, out: Path) -> dict[str, Any]:
     """py-spy record on a dashboard during one more saturated run; print where time went."""
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(pyspy).exists():
-        print("note: --profile needs py-spy (pip install py-spy); skipped")
-        return {}
     seconds = max(3.0, opts.duration)
-    argv = [pyspy, "record", "-r", "200", "-d", f"{seconds + 1:.0f}", "-f", "raw", "--function"]
-    argv += ["-o", str(out), "-p", str(target.pid)]
-    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        time.sleep(0.5)
-        run_wrk(target.port, seconds, opts.loads[0])
-        _, err = spy.communicate(timeout=seconds + 30)
-    finally:
-        if spy.poll() is None:
-            spy.kill()
-            spy.wait()
-    if not out.exists():
-        print(f"note: py-spy wrote no profile: {err.decode(errors='replace').strip()[-300:]}")
-        return {}
-    return summarize_profile(out)
+    ran = common.pyspy_record(
+        target.pid, out, seconds, 200, lambda: run_wrk(target.port, seconds, opts.loads[0])
+    )
+    return {} if ran is None else summarize_profile(out)
 
 
 def _short(frame: str) -> str:
@@ -818,21 +724,13 @@ def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
     threads = 0
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = stack.split(";")
+    for frames, n in common.collapsed_stacks(path):
         if any("Thread._bootstrap" in f for f in frames):
             threads += n  # Textual's input and writer threads, trio's I/O thread
             continue
         if any(_UI_FRAME.search(f) for f in frames):
             shares["ui"] += n
-            short = [_short(f) for f in frames]
-            own[short[-1]] = own.get(short[-1], 0) + n
-            for frame in set(short):
-                incl[frame] = incl.get(frame, 0) + n
+            common.tally([_short(f) for f in frames], n, own, incl)
         elif any(_is_trio(f) for f in frames):
             shares["engine"] += n
         elif "select (" in frames[-1]:
@@ -857,10 +755,8 @@ def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
     ui_total = shares["ui"] or 1
     for title, table in (("self", own), ("inclusive", incl)):
         print(f"  top UI frames, {title} (% of UI samples):")
-        ranked = [(f, n) for f, n in table.items() if n < 0.95 * ui_total]
-        for frame, n in sorted(ranked, key=lambda kv: -kv[1])[
-            : top if title == "self" else top + 6
-        ]:
+        limit = top if title == "self" else top + 6
+        for frame, n in common.top_frames(table, ui_total, 0.95, limit):
             print(f"    {n / ui_total * 100:5.1f}%  {frame}")
     return {
         "main_thread_samples": main,
@@ -887,161 +783,88 @@ def make_targets(opts: argparse.Namespace, ports: list[int]) -> list[Target]:
 
 
 def run(opts: argparse.Namespace) -> int:
-    for tool in ("wrk", "tmux", "haproxy"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is needed: apt-get install {tool}", file=sys.stderr)
-            return 2
-    info = machine()
+    if not common.need("wrk", "tmux", "haproxy"):
+        return 2
+    info = common.machine()
     refreshes = ", ".join(f"{r:g}/s" for r in opts.refresh_list)
-    print(
-        f"tuilb dashboard benchmark  {info['date']}  {info['cpus']} CPUs ({info['cpu_model']}), "
-        f"Python {info['python']}, {info['haproxy']}"
-    )
+    print(common.headline("dashboard", info))
     print(
         f"{opts.rounds} rounds, dashboard refresh {refreshes}; loads: "
         + "; ".join(f"{load.name} {load.describe(opts.duration)}" for load in opts.loads)
     )
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="tuilb-dash-bench-"))
+    bench = common.Bench(opts, "tuilb-dash-bench-")
     for load in opts.loads:
-        load.write_script(workdir)
-    fleet = Fleet(workdir)
+        load.write_script(bench.workdir)
+    loads = {load.name: load for load in opts.loads}
+    fleet = Fleet(bench.workdir)
     targets: list[Target] = []
     results: dict[str, dict[str, list[Sample]]] = {}
-    discarded: list[dict[str, Any]] = []
-    problems: list[str] = []
     summary: dict[str, Any] = {}
     diagnostics: dict[str, Any] = {}
     rss: dict[str, int] = {}
-    try:
-        ports = free_ports(3 + 3 + len(opts.refresh_list))
+
+    def body() -> None:
+        ports = common.free_ports(3 + 3 + len(opts.refresh_list))
         backend_ports = ports[:3]
         fleet.start_backend(backend_ports)
-        targets = make_targets(opts, ports[3:])
+        targets[:] = make_targets(opts, ports[3:])
         for target in targets:
             fleet.start_target(target, backend_ports)
-        results = {load.name: {t.name: [] for t in targets} for load in opts.loads}
         for target in targets:  # warm-up, not recorded
             run_wrk(target.port, 1, opts.loads[0])
-        retry_left = opts.retry_budget
-        for rnd in range(opts.rounds):
-            redone = 0
-            order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
-            for load in opts.loads:
-                for target in order:
-                    for attempt in range(3):
-                        began = time.monotonic()
-                        sample = measure(fleet, target, load, opts)
-                        if sample.errors:
-                            problems.append(
-                                f"round {rnd + 1} {load.name} {target.name}: {sample.errors}"
-                            )
-                        time.sleep(0.2)
-                        if attempt:
-                            retry_left -= time.monotonic() - began
-                        if sample.other_pct <= opts.max_other or attempt == 2 or retry_left <= 0:
-                            break
-                        discarded.append({"load": load.name, "target": target.name, **vars(sample)})
-                        redone += 1
-                    results[load.name][target.name].append(sample)
-            note = f", {redone} sample(s) re-run under outside load" if redone else ""
-            elapsed = time.monotonic() - started
-            print(f"  round {rnd + 1}/{opts.rounds} done ({elapsed:.0f} s{note})", flush=True)
+        results.update(
+            bench.rounds(
+                targets, list(loads), lambda t, name: measure(fleet, t, loads[name], opts), "load"
+            )
+        )
         for target in targets:
             try:
-                rss[target.name] = peak_rss_kib(target.pid)
+                rss[target.name] = common.peak_rss_kib(target.pid)
             except OSError:
                 pass
         for target in targets:
             if target.tmux is not None and "Total" not in target.tmux.screen():
-                problems.append(f"{target.name}: the pane no longer shows the table")
-        summary = report(results, targets, opts)
-        print(
-            _row(
-                "peak RSS (MiB)",
-                [f"{rss[t.name] / 1024:.1f}" if t.name in rss else "-" for t in targets],
-            )
-        )
-        if discarded:
-            print(
-                f"{len(discarded)} sample(s) were measured again because other processes kept "
-                f"more than {opts.max_other:g}% of a core busy during them"
-            )
+                bench.problems.append(f"{target.name}: the pane no longer shows the table")
+        summary.update(report(results, targets, opts))
+        peaks = [f"{rss[t.name] / 1024:.1f}" if t.name in rss else "-" for t in targets]
+        print(_row("peak RSS (MiB)", peaks))
+        bench.note_discarded()
         if opts.profile:
             dash = next(t for t in targets if t.kind == "dashboard")
             diagnostics["profile"] = profile(dash, opts, Path(opts.profile).resolve())
         if opts.stalls:
             print("\n--stalls: a traced dashboard (its own tmux) through every load")
             diagnostics["stalls"] = stalls(fleet, opts, backend_ports)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything", file=sys.stderr)
-        fleet.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-        return 130
-    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        fleet.stop_all()
-        for name, _ in [(t.name, None) for t in targets] + [("backend", None)]:
-            tail = fleet.kids.log_text(name).strip().splitlines()[-5:]
-            if tail:
-                print(f"--- {name} log (last lines):", *tail, sep="\n  ", file=sys.stderr)
-        print(f"logs, configs and final screens kept in {workdir}", file=sys.stderr)
-        return 1
-    finally:
-        fleet.stop_all()
+
+    def running() -> list[str]:
+        return [t.name for t in targets] + ["backend"]
+
+    kept = "logs, configs and final screens"
+    code = bench.guard(body, fleet.stop_all, running, fleet.kids.log_text, kept)
+    if code:
+        return code
 
     for target in targets:
-        if target.exit_code != 0:
-            note = f" ({target.exit_note})" if target.exit_note else ""
-            problems.append(f"{target.name} exited with status {target.exit_code} on SIGTERM{note}")
-        for line in fleet.kids.log_text(target.name).splitlines():
-            if " WARN" in line or " ERROR" in line or "Traceback" in line:
-                problems.append(f"{target.name} log: {line}")
-    print("\nproblems seen:" if problems else "\nno errors: no wrk socket errors or non-2xx")
-    for line in problems[:40]:
-        print(f"  {line}")
-    if problems or opts.keep:
-        print(f"logs, configs and final screens kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(f"total time {time.monotonic() - started:.0f} s")
-
-    if opts.json:
-        data = {
-            "machine": info,
-            "settings": {
-                "rounds": opts.rounds,
-                "duration_s": opts.duration,
-                "loads": [
-                    {"name": load.name, "connections": load.connections, "delay_ms": load.delay_ms}
-                    for load in opts.loads
-                ],
-                "refresh": opts.refresh_list,
-                "guest": opts.guest,
-                "max_other_pct": opts.max_other,
-                "retry_budget_s": opts.retry_budget,
-                "targets": {"throughput_ratio": THROUGHPUT_TARGET, "p99_delta_ms": P99_TARGET_MS},
-            },
-            "samples": {
-                load: {name: [vars(s) for s in ss] for name, ss in per.items()}
-                for load, per in results.items()
-            },
-            "peak_rss_kib": rss,
-            "discarded_samples": discarded,
-            "problems": problems,
-            "diagnostics": diagnostics,
-            **summary,
-        }
-        Path(opts.json).write_text(json.dumps(data, indent=2) + "\n")
-        print(f"results saved to {opts.json}")
+        note = f" ({target.exit_note})" if target.exit_note else ""
+        bench.check_tuilb(target.name, target.exit_code, fleet.kids.log_text(target.name), note)
+    bench.finish("no wrk socket errors or non-2xx", kept)
+    settings = {
+        "loads": [
+            {"name": load.name, "connections": load.connections, "delay_ms": load.delay_ms}
+            for load in opts.loads
+        ],
+        "refresh": opts.refresh_list,
+        "guest": opts.guest,
+    }
+    issue = {"targets": {"throughput_ratio": THROUGHPUT_TARGET, "p99_delta_ms": P99_TARGET_MS}}
+    bench.save(
+        info, settings, results, rss, settings_tail=issue, diagnostics=diagnostics, **summary
+    )
     return 0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 2 s runs")
-    parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 3)")
-    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 5, quick 2)")
+    parser = common.parser(__doc__, "3 rounds, 2 s runs")
     parser.add_argument(
         "--connections", type=int, default=20, help="wrk connections, saturated load (20)"
     )
@@ -1079,38 +902,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="afterwards, run a dashboard whose host loop is timed (slow callbacks, repaints, "
         "refresh_data, gc) through every load and print the timings",
     )
-    parser.add_argument(
-        "--profile",
-        metavar="FILE",
-        help="afterwards, py-spy record the dashboard during one saturated run into FILE",
-    )
-    parser.add_argument(
-        "--max-other",
-        type=float,
-        default=50.0,
-        metavar="PCT",
-        help="re-run a sample (twice at most) when other processes used more than PCT%% of "
-        "a core during it (default 50)",
-    )
-    parser.add_argument(
-        "--retry-budget",
-        type=float,
-        metavar="S",
-        help="seconds allowed for such re-runs in all (default 60, quick 20)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--json", metavar="FILE", help="save every sample and the summary")
-    opts = parser.parse_args(argv)
-    opts.rounds = opts.rounds or (3 if opts.quick else 5)
-    opts.duration = opts.duration or (2.0 if opts.quick else 5.0)
+    profile = "afterwards, py-spy record the dashboard during one saturated run into FILE"
+    opts = common.parse(parser, argv, (60.0, 20.0), profile)
     opts.loads = [
         Load("saturated", opts.connections),
         Load("light", opts.light_connections),
     ]
     if opts.paced_connections:
         opts.loads.append(Load("paced", opts.paced_connections, max(1, opts.paced_delay)))
-    if opts.retry_budget is None:
-        opts.retry_budget = 20.0 if opts.quick else 60.0
     try:
         opts.refresh_list = [float(r) for r in opts.refresh.split(",")]
     except ValueError:
@@ -1123,13 +922,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main() -> int:
-    argv = sys.argv[1:]
-    if argv[:1] == ["_guest"]:
-        return guest_main(*argv[1:3])
-    if argv[:1] == ["_traced"]:
-        return traced_main(argv[1], argv[2:])
-    with sigterm_as_interrupt():
-        return run(parse_args(argv))
+    helpers: dict[str, Callable[..., int | None]] = {
+        "_guest": lambda *args: guest_main(*args[:2]),
+        "_traced": lambda out, *args: traced_main(out, list(args)),
+    }
+    return common.main(helpers, run, parse_args)
 
 
 if __name__ == "__main__":
