@@ -273,3 +273,51 @@ def test_parse_never_raises_after_a_signature(data: bytes) -> None:
     for prefix in (SIG, b"PROXY "):
         result = parse(prefix + data)
         assert result is NEED_MORE or isinstance(result, (Header, Invalid))
+
+
+# -- configuration ---------------------------------------------------------------------------
+_CONF = """[[listeners]]
+name = "f"
+bind = "127.0.0.1:0"
+pool = "app"
+{listener}
+[pools.app]
+{pool}
+[[pools.app.backends]]
+name = "a"
+address = "127.0.0.1:1"
+"""
+
+
+def test_config_keys() -> None:
+    from tuilb.config import parse as parse_config
+
+    config = parse_config(
+        _CONF.format(listener='accept_proxy = ["10.0.0.0/8", "::1"]', pool='send_proxy = "v2"')
+    )
+    assert [str(n) for n in config.listeners[0].accept_proxy] == ["10.0.0.0/8", "::1/128"]
+    assert config.pools["app"].send_proxy == "v2"
+    assert config.timeouts.proxy_header == 5.0
+    plain = parse_config(_CONF.format(listener="", pool=""))
+    assert plain.listeners[0].accept_proxy == () and plain.pools["app"].send_proxy is None
+
+
+@pytest.mark.parametrize(
+    ("listener", "pool", "where", "message"),
+    [
+        ('accept_proxy = ["10.0.0.0/33"]', "", "listeners[0].accept_proxy[0]", "not an address"),
+        ("accept_proxy = [5]", "", "listeners[0].accept_proxy[0]", "not an address"),
+        ("accept_proxy = []", "", "listeners[0].accept_proxy", "empty"),
+        ('accept_proxy = "10.0.0.0/8"', "", "listeners[0].accept_proxy", "expected an array"),
+        ("", 'send_proxy = "v3"', "pools.app.send_proxy", "not one of: v1, v2"),
+        ("", "send_proxy = 2", "pools.app.send_proxy", "expected a string"),
+    ],
+)
+def test_config_problems(listener: str, pool: str, where: str, message: str) -> None:
+    from tuilb.config import parse as parse_config
+    from tuilb.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_CONF.format(listener=listener, pool=pool))
+    problems = caught.value.problems
+    assert any(p.where == where and message in p.message and p.line for p in problems), problems

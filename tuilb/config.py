@@ -18,7 +18,7 @@ from typing import Any
 from tuilb.balance import ALGORITHMS
 from tuilb.errors import ConfigError, Problem
 from tuilb.healthconf import HealthConfig, PassiveConfig, check_health, check_passive
-from tuilb.httpconf import HttpListener, Limits, check_http_listener, check_limits
+from tuilb.httpconf import HttpListener, Limits, Network, check_http_listener, check_limits
 from tuilb.tomlpos import Path as KeyPath
 from tuilb.tomlpos import key_lines, line_of
 
@@ -26,6 +26,7 @@ PROTOCOLS = ("tcp", "http")
 LATER_PROTOCOLS = ("udp",)  # in the schema, not yet served
 HTTP_ONLY = ("routes", "tls", "trusted_proxies")
 PUMPS = ("default", "splice")
+SEND_PROXY = ("v1", "v2")  # PROXY protocol versions a pool can send its backends
 UNWEIGHTED = ("round_robin", "least_connections")
 MAX_WEIGHT = 256
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -65,6 +66,7 @@ class PoolConfig:
     health: HealthConfig = HealthConfig()  # noqa: RUF009 (frozen: one shared default is fine)
     passive: PassiveConfig | None = None  # outlier ejection; None: off
     slow_start: float = 0.0  # seconds to ramp a returning backend to full weight; 0: off
+    send_proxy: str | None = None  # "v1" / "v2": a PROXY header first on each backend connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class ListenerConfig:
     protocol: str = "tcp"
     pump: str = "default"
     http: HttpListener = HttpListener()  # noqa: RUF009 (frozen: one shared default is fine)
+    # Sources that must open with a PROXY protocol header; with any, nobody else may connect.
+    accept_proxy: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class Timeouts:
     response: float = 30.0  # the backend's first response byte (else 504)
     body: float = 30.0  # no body bytes either way for this long: close
     tls_handshake: float = 10.0
+    proxy_header: float = 5.0  # accept_proxy listeners: the PROXY header must arrive within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +401,9 @@ class _Checker:
     def pool(self, name: str, body: object) -> PoolConfig | None:
         path: KeyPath = ("pools", name)
         self.name(name, path)
-        table = self.table(body, path, ("algorithm", "backends", "health", "passive", "slow_start"))
+        table = self.table(
+            body, path, ("algorithm", "backends", "health", "passive", "slow_start", "send_proxy")
+        )
         algorithm = self.get(table, "algorithm", path, str, "round_robin")
         if algorithm not in ALGORITHMS:
             self.problem(
@@ -436,7 +443,12 @@ class _Checker:
             backend = self.backend(entry, (*path, "backends", i))
             if backend is not None:
                 backends.append(backend)
-        return PoolConfig(name, algorithm, tuple(backends), health, passive, float(slow_start))
+        send_proxy = None
+        if "send_proxy" in table:
+            send_proxy = self.choice(table, "send_proxy", path, SEND_PROXY, "v1")
+        return PoolConfig(
+            name, algorithm, tuple(backends), health, passive, float(slow_start), send_proxy
+        )
 
     def backend(self, entry: object, path: KeyPath) -> BackendConfig | None:
         if not isinstance(entry, dict):
@@ -486,7 +498,8 @@ class _Checker:
         if not isinstance(entry, dict):
             self.table(entry, path, ())
             return None
-        table = self.table(entry, path, ("name", "bind", "protocol", "pool", "pump", *HTTP_ONLY))
+        keys = ("name", "bind", "protocol", "pool", "pump", "accept_proxy", *HTTP_ONLY)
+        table = self.table(entry, path, keys)
         name = self.name(self.get(table, "name", path, str, required=True), (*path, "name"))
         bind = self.address(
             self.get(table, "bind", path, str, required=True), (*path, "bind"), bind=True
@@ -504,9 +517,25 @@ class _Checker:
         if pool is not None and pool not in pools:
             known = ", ".join(pools) or "none defined"
             self.problem((*path, "pool"), f"no pool named {pool!r}; pools: {known}")
+        accept_proxy = self.networks(table, "accept_proxy", path)
         if name is None or bind is None or (pool is None and protocol != "http"):
             return None
-        return ListenerConfig(name, bind, pool, protocol, pump, http)
+        return ListenerConfig(name, bind, pool, protocol, pump, http, accept_proxy)
+
+    def networks(self, table: dict[str, Any], key: str, path: KeyPath) -> tuple[Network, ...]:
+        """An array of addresses or networks (`"10.0.0.0/8"`, `"::1"`)."""
+        entries = self.get(table, key, path, list, [])
+        if key in table and isinstance(table[key], list) and not entries:
+            self.problem((*path, key), "an empty list: list sources, or remove the key")
+        out: list[Network] = []
+        for i, text in enumerate(entries):
+            try:
+                if not isinstance(text, str):
+                    raise TypeError
+                out.append(ipaddress.ip_network(text, strict=False))
+            except (ValueError, TypeError):
+                self.problem((*path, key, i), f"{text!r} is not an address or network (CIDR)")
+        return tuple(out)
 
     def choice(
         self, table: dict[str, Any], key: str, path: KeyPath, allowed: tuple[str, ...], default: str

@@ -15,6 +15,7 @@ a body has gone out, so a POST is never repeated.
 
 from __future__ import annotations
 
+import contextvars
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import h11
 import trio
 
+from tuilb import proxyproto
 from tuilb.balance import Balancer
 from tuilb.config import Config, ListenerConfig
 from tuilb.httpconf import RouteConfig
@@ -32,11 +34,14 @@ from tuilb.l7.tls import TlsServer
 from tuilb.l7.upstream import Upstream, UpstreamPool
 from tuilb.log import Log
 from tuilb.model import AdminState, Backend, Model, Pool
-from tuilb.proxy.l4 import LocalError, connect_socket, describe
+from tuilb.proxy.l4 import LocalError, Origin, client_origin, connect_socket, describe
 
 DISCARD_LIMIT = 65536  # an unwanted request body read past to keep the connection
 CONNECT_TRIES = 3  # the first attempt and two retries on other backends
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# The client connection's (source, destination), for PROXY headers toward backends; set by
+# handle() in the task that serves the connection.
+_ORIGIN: contextvars.ContextVar[Origin] = contextvars.ContextVar("origin", default=(None, None))
 
 
 class _Fail(Exception):
@@ -96,6 +101,10 @@ class HttpProxy:
         self.clients = 0  # open client connections
         self.closing = False  # shutdown began: finish what is in flight, keep nothing alive
         self._idle_clients: set[trio.CancelScope] = set()
+        self.proxy_rejected = 0  # accept_proxy: connections closed for their PROXY header
+        self._origin_needed = bool(listener.accept_proxy) or any(
+            pool.send_proxy for pool in config.pools.values()
+        )
 
     # -- lifetime ---------------------------------------------------------------------------
     def begin_shutdown(self) -> None:
@@ -117,6 +126,16 @@ class HttpProxy:
         server = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.clients += 1
         try:
+            if self._origin_needed:
+                origin = await client_origin(
+                    self.listener.accept_proxy, sock, peer, self.timeouts.proxy_header
+                )
+                if isinstance(origin, str):
+                    self.proxy_rejected += 1
+                    self._error("proxy_rejected", None, origin)
+                    return
+                _ORIGIN.set(origin)
+                client_ip = origin[0][0] if origin[0] is not None else client_ip
             if self.tls is not None:
                 secured = await self.tls.accept(sock, self.timeouts.tls_handshake, self._error)
                 if secured is None:
@@ -348,7 +367,10 @@ class HttpProxy:
             raise
         self.model.connection_ok(backend)
         self.model.connection_ended(backend)
-        self.upstreams.give(upstream, trio.current_time())
+        if pool.config.send_proxy:
+            upstream.close()  # its PROXY header spoke for this client: never for another
+        else:
+            self.upstreams.give(upstream, trio.current_time())
         return keep
 
     async def _tunnel(
@@ -417,7 +439,7 @@ class HttpProxy:
                 return upstream
             tried.add(backend)
             try:
-                sock = await connect_socket(backend, self.timeouts.connect)
+                sock = await connect_socket(backend, self.timeouts.connect, _header(pool))
             except LocalError:
                 self.model.connection_aborted(backend)
                 raise _Fail(503, "out of file descriptors") from None
@@ -663,6 +685,12 @@ class HttpProxy:
             await stream.send(data)
         except OSError:
             pass
+
+
+def _header(pool: Pool) -> bytes:
+    """The PROXY header a new connection to a backend of `pool` starts with (b"": none)."""
+    version = pool.config.send_proxy
+    return proxyproto.build(version, *_ORIGIN.get()) if version else b""
 
 
 async def _receive_until(stream: Stream, deadline: float) -> bytes | None:

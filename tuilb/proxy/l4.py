@@ -10,6 +10,7 @@ reset (SO_LINGER 0 close) on the other.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import struct
@@ -18,8 +19,10 @@ from collections.abc import Callable
 import trio
 from trio.lowlevel import wait_readable, wait_writable
 
+from tuilb import proxyproto
 from tuilb.balance import Balancer
 from tuilb.config import Address, ListenerConfig, Timeouts
+from tuilb.httpconf import Network
 from tuilb.model import Backend, Model, Pool
 from tuilb.proxy.pump import End, Pump
 
@@ -106,6 +109,7 @@ class TcpProxy:
         self.connections = connections
         self.capacity = capacity
         self.on_error = on_error  # (event, backend, reason, listener): logged, rate-limited
+        self.proxy_rejected = 0  # accept_proxy: connections closed for their PROXY header
 
     def _error(self, event: str, backend: Backend | None, reason: str) -> None:
         self.on_error(event, backend, reason, self.listener.name)
@@ -114,7 +118,19 @@ class TcpProxy:
         upstream: socket.socket | None = None
         try:
             key = peer[0] if isinstance(peer, tuple) else ""
-            picked = await self.connect(str(key))
+            header = b""
+            if self.listener.accept_proxy or self.pool.config.send_proxy:
+                origin = await client_origin(
+                    self.listener.accept_proxy, client, peer, self.timeouts.proxy_header
+                )
+                if isinstance(origin, str):
+                    self.proxy_rejected += 1
+                    self._error("proxy_rejected", None, origin)
+                    return
+                key = origin[0][0] if origin[0] is not None else key
+                if self.pool.config.send_proxy:
+                    header = proxyproto.build(self.pool.config.send_proxy, *origin)
+            picked = await self.connect(str(key), header)
             if picked is None:
                 return
             upstream, backend = picked
@@ -130,8 +146,9 @@ class TcpProxy:
             if upstream is not None:
                 upstream.close()
 
-    async def connect(self, key: str) -> tuple[socket.socket, Backend] | None:
-        """Try usable backends in the balancer's order until one accepts; None if none do."""
+    async def connect(self, key: str, header: bytes = b"") -> tuple[socket.socket, Backend] | None:
+        """Try usable backends in the balancer's order until one accepts; None if none do.
+        `header` (a PROXY header) is the first thing each new connection sends."""
         tried: set[Backend] = set()
         deadline = trio.current_time() + self.timeouts.connect
         while True:
@@ -145,14 +162,14 @@ class TcpProxy:
                 self._error("no_backend", None, f"no usable backend in pool {self.pool.name!r}")
                 return None
             tried.add(backend)
-            sock = await self._open(backend)
+            sock = await self._open(backend, header)
             if sock is not None:
                 return sock, backend
 
     def _full_but_eligible(self, tried: set[Backend]) -> bool:
         return any(b.eligible and not b.has_capacity and b not in tried for b in self.pool.backends)
 
-    async def _open(self, backend: Backend) -> socket.socket | None:
+    async def _open(self, backend: Backend, header: bytes = b"") -> socket.socket | None:
         """Connect to `backend`. The connection counts on it from the first moment.
 
         A plain non-blocking socket rather than trio's wrapper: this is once per
@@ -161,7 +178,7 @@ class TcpProxy:
         """
         self.model.connection_started(backend)
         try:
-            return await connect_socket(backend, self.timeouts.connect)
+            return await connect_socket(backend, self.timeouts.connect, header)
         except (OSError, trio.TooSlowError) as exc:
             self.model.connection_aborted(backend, describe(exc))
             self._release(backend)
@@ -217,9 +234,10 @@ class TcpProxy:
                 self.model.backend_reset(conn.backend)
 
 
-async def connect_socket(backend: Backend, timeout: float) -> socket.socket:
+async def connect_socket(backend: Backend, timeout: float, header: bytes = b"") -> socket.socket:
     """A connected non-blocking socket to `backend`. Raises OSError or trio.TooSlowError
-    for the backend's faults and `LocalError` for ours (out of descriptors)."""
+    for the backend's faults and `LocalError` for ours (out of descriptors). `header` (a
+    PROXY protocol header) is sent before the socket is returned, within `timeout`."""
     sock = None
     try:
         family, sockaddr = backend.sockaddr or await _resolve(backend.address)
@@ -238,6 +256,15 @@ async def connect_socket(backend: Backend, timeout: float) -> socket.socket:
         if err:
             raise OSError(err, os.strerror(err))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        view = memoryview(header)
+        with trio.move_on_after(timeout):
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    await wait_writable(sock.fileno())
+        if view:
+            raise trio.TooSlowError
     except BaseException:
         if sock is not None:
             sock.close()
@@ -251,3 +278,66 @@ async def _resolve(address: Address) -> tuple[int, tuple[str, int]]:
         raise OSError(errno.EHOSTUNREACH, f"cannot resolve {address.host}")
     family, _, _, _, sockaddr = infos[0]
     return family, (str(sockaddr[0]), int(sockaddr[1]))
+
+
+Origin = tuple[tuple[str, int] | None, tuple[str, int] | None]
+
+
+async def client_origin(
+    accept_proxy: tuple[Network, ...], sock: socket.socket, peer: object, timeout: float
+) -> Origin | str:
+    """Where a client connection really comes from and goes to, as (source, destination):
+    the PROXY header's addresses on a listener with `accept_proxy` (only those sources may
+    connect there, and must send one), else the socket's own. A string: why the connection
+    must be closed. The header is consumed exactly; what follows it stays unread."""
+    source = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+    try:
+        own = sock.getsockname()
+        destination = (str(own[0]), int(own[1])) if isinstance(own, tuple) else None
+    except OSError:
+        destination = None
+    if not accept_proxy:
+        return source, destination
+    try:
+        ip = ipaddress.ip_address(source[0]) if source is not None else None
+    except ValueError:
+        ip = None
+    if ip is None or not any(ip in network for network in accept_proxy):
+        where = source[0] if source is not None else "an unknown address"
+        return f"a connection from {where}, which is not in accept_proxy"
+    header = await read_proxy_header(sock, timeout)
+    if isinstance(header, proxyproto.Invalid):
+        return f"from {source[0] if source else '?'}: {header.reason}"
+    if header.source is None:  # LOCAL or UNKNOWN: the connection's own addresses
+        return source, destination
+    return header.source, header.destination
+
+
+async def read_proxy_header(
+    sock: socket.socket, timeout: float
+) -> proxyproto.Header | proxyproto.Invalid:
+    """Read the PROXY header at the start of `sock` within `timeout`, and not one byte more:
+    bytes are peeked, and only those that belong to the header are taken."""
+    taken = b""
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                chunk = sock.recv(proxyproto.MAX_HEADER - len(taken), socket.MSG_PEEK)
+            except BlockingIOError:
+                await wait_readable(sock.fileno())
+                continue
+            if not chunk:
+                return proxyproto.Invalid("the client closed before its PROXY header ended")
+            result = proxyproto.parse(taken + chunk)
+            if isinstance(result, proxyproto.Invalid):
+                return result
+            # NEED_MORE: every peeked byte is part of the header, so all are taken and the
+            # next wait is for new bytes (a peek leaves the socket readable).
+            if isinstance(result, proxyproto.Header):
+                want = result.length - len(taken)
+            else:
+                want = len(chunk)
+            taken += sock.recv(want)
+            if isinstance(result, proxyproto.Header) and len(taken) == result.length:
+                return result
+    return proxyproto.Invalid(f"no complete PROXY header within {timeout:g}s")
