@@ -49,6 +49,17 @@ def config_text(
     return text + f"[timeouts]\nconnect = {connect}\nidle = {idle}\nshutdown_grace = {grace}\n"
 
 
+def pair_text(port: int = 9, weight_a: int = 3, listener: str = "front", tail: str = "") -> str:
+    """A tcp listener over pool `app` (weighted round robin) with backends `a` (weight
+    `weight_a`) and `b` (weight 1), both at `port`; `tail` adds tables ([admin], ...)."""
+    return (
+        f'[[listeners]]\nname = "{listener}"\nbind = "127.0.0.1:0"\npool = "app"\n\n'
+        '[pools.app]\nalgorithm = "weighted_round_robin"\n\n'
+        f'[[pools.app.backends]]\nname = "a"\naddress = "127.0.0.1:{port}"\nweight = {weight_a}\n\n'
+        f'[[pools.app.backends]]\nname = "b"\naddress = "127.0.0.1:{port}"\n\n{tail}'
+    )
+
+
 def make_config(ports: Sequence[int], **options: Any) -> Config:
     return parse(config_text(ports, **options), "<test>")
 

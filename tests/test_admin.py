@@ -13,30 +13,13 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import start_engine
+from tests.conftest import pair_text, start_engine
 from tuilb import adminapi, control
 from tuilb.config import parse
 from tuilb.errors import ConfigError
 from tuilb.model import Model
 
-TEXT = """
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "app"
-
-[pools.app]
-algorithm = "weighted_round_robin"
-
-[[pools.app.backends]]
-name = "a"
-address = "127.0.0.1:9"
-weight = 2
-
-[[pools.app.backends]]
-name = "b"
-address = "127.0.0.1:9"
-"""
+TEXT = pair_text(weight_a=2, listener="web")
 TOKEN = "t0ken-for-tests"
 HOST = "127.0.0.1:9900"
 

@@ -8,35 +8,14 @@ from typing import Any
 
 import trio
 
-from tests.conftest import echo, poll, start_engine, start_server
+from tests.conftest import echo, pair_text, poll, start_engine, start_server
 from tuilb.config import parse
 
 TOKEN = "ctl-test-token"
 
 
 def config_text(port: int, admin: str = "127.0.0.1:0") -> str:
-    return f"""
-[[listeners]]
-name = "front"
-bind = "127.0.0.1:0"
-pool = "app"
-
-[pools.app]
-algorithm = "weighted_round_robin"
-
-[[pools.app.backends]]
-name = "a"
-address = "127.0.0.1:{port}"
-weight = 3
-
-[[pools.app.backends]]
-name = "b"
-address = "127.0.0.1:{port}"
-
-[admin]
-listen = "{admin}"
-token = "{TOKEN}"
-"""
+    return pair_text(port, tail=f'[admin]\nlisten = "{admin}"\ntoken = "{TOKEN}"\n')
 
 
 async def ctl(run: Any, *words: str, token: str | None = TOKEN) -> tuple[int, str, str]:

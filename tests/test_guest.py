@@ -190,16 +190,24 @@ def test_an_exception_in_the_guest_reaches_the_done_callback(driver: str) -> Non
         result.unwrap()
 
 
-def test_the_epoll_driver_never_starts_trio_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TUILB_GUEST_DRIVER", raising=False)
-    started: list[object] = []
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every job trio's guest machinery hands to its thread cache, counted."""
+    jobs: list[object] = []
     real = trio_run.start_thread_soon
 
     def counting(*args: Any, **kwargs: Any) -> None:
-        started.append(args[0])
+        jobs.append(args[0])
         real(*args, **kwargs)
 
     monkeypatch.setattr(trio_run, "start_thread_soon", counting)
+    return jobs
+
+
+def test_the_epoll_driver_never_starts_trio_threads(
+    monkeypatch: pytest.MonkeyPatch, started: list[object]
+) -> None:
+    monkeypatch.delenv("TUILB_GUEST_DRIVER", raising=False)
 
     async def waits() -> None:
         a, b = trio.socket.socketpair()
@@ -215,17 +223,11 @@ def test_the_epoll_driver_never_starts_trio_threads(monkeypatch: pytest.MonkeyPa
     assert started == []
 
 
-def test_the_stock_driver_uses_trio_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_stock_driver_uses_trio_threads(
+    monkeypatch: pytest.MonkeyPatch, started: list[object]
+) -> None:
     """The counter above can see threads: the stock driver, waiting the same way, starts some."""
     monkeypatch.setenv("TUILB_GUEST_DRIVER", "thread")
-    started: list[object] = []
-    real = trio_run.start_thread_soon
-
-    def counting(*args: Any, **kwargs: Any) -> None:
-        started.append(args[0])
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(trio_run, "start_thread_soon", counting)
 
     async def waits() -> None:
         for _ in range(5):

@@ -9,33 +9,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.conftest import RecordingLog, start_engine
+from tests.conftest import RecordingLog, pair_text, start_engine
 from tuilb import control, state
 from tuilb.config import Config, parse
 from tuilb.errors import ConfigError
 from tuilb.model import AdminState, Model
 
-TEXT = """
-[[listeners]]
-name = "front"
-bind = "127.0.0.1:0"
-pool = "app"
-
-[pools.app]
-algorithm = "weighted_round_robin"
-
-[[pools.app.backends]]
-name = "a"
-address = "127.0.0.1:9"
-weight = 3
-
-[[pools.app.backends]]
-name = "b"
-address = "127.0.0.1:9"
-
-[state]
-file = "{file}"
-"""
+TEXT = pair_text(tail='[state]\nfile = "{file}"\n')
 
 
 def config(file: Path) -> Config:
