@@ -16,6 +16,7 @@ from tests.conftest import (
     Server,
     connect,
     named,
+    poll,
     recv_line,
     recv_to_eof,
     reply_after_eof,
@@ -178,6 +179,9 @@ async def test_rejections_are_logged_rate_limited(nursery):
     await log.wait("proxy_rejected")
     assert log.events().count("proxy_rejected") == 1
     assert backend.accepted == 0
+    # the count is in the snapshot (for the dashboard and the admin API), every one of them
+    with trio.fail_after(5):
+        await poll(lambda: run.model.snapshot().listeners[0].proxy_rejected == 5)
 
 
 # -- L7 --------------------------------------------------------------------------------------
@@ -268,3 +272,4 @@ async def test_l7_rejects_before_http(nursery, accept, data, why):
     assert why in record[2]["cause"]
     assert a.connections == 0 and a.requests == []
     assert run.engine._http[0].proxy_rejected == 1
+    assert run.model.snapshot().listeners[0].proxy_rejected == 1

@@ -216,6 +216,7 @@ class ListenerStats:
     errors: int = 0  # 5xx sent, and 4xx tuilb made up (bad requests)
     route_hits: dict[int, int] = field(default_factory=dict)  # route index -> requests
     default_hits: int = 0  # requests no route matched (the listener's pool, or a 404)
+    proxy_rejected: int = 0  # accept_proxy: connections closed for their PROXY header
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,7 @@ class ListenerSnapshot:
     errors: int
     route_hits: tuple[tuple[int, int], ...] = ()  # (route index, requests), by index
     default_hits: int = 0
+    proxy_rejected: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +371,10 @@ class Model:
             stats = self.listeners[name] = ListenerStats(name)
         return stats
 
+    def proxy_rejected(self, listener: str) -> None:
+        """A connection to `listener` was closed for its PROXY header (or its source)."""
+        self._listener(listener).proxy_rejected += 1
+
     def route_hit(self, listener: str, route: int | None) -> None:
         """HTTP: a request of `listener` matched route number `route` (None: no route)."""
         stats = self._listener(listener)
@@ -484,6 +490,7 @@ class Model:
                     x.errors,
                     tuple(sorted(x.route_hits.items())),
                     x.default_hits,
+                    x.proxy_rejected,
                 )
                 for x in self.listeners.values()
             ),

@@ -132,6 +132,7 @@ class HttpProxy:
                 )
                 if isinstance(origin, str):
                     self.proxy_rejected += 1
+                    self.model.proxy_rejected(self.listener.name)
                     self._error("proxy_rejected", None, origin)
                     return
                 _ORIGIN.set(origin)

@@ -125,6 +125,7 @@ class TcpProxy:
                 )
                 if isinstance(origin, str):
                     self.proxy_rejected += 1
+                    self.model.proxy_rejected(self.listener.name)
                     self._error("proxy_rejected", None, origin)
                     return
                 key = origin[0][0] if origin[0] is not None else key

@@ -240,6 +240,8 @@ class TuilbApp(App[int]):
         config = self.bridge.config
         listeners = Text("listeners ", style="bold")
         bound = self.bridge.listening()
+        seen = {x.name: x for x in snap.listeners}
+        http = any(x.protocol == "http" for x in config.listeners)
         for i, listener in enumerate(config.listeners):
             if i:
                 listeners.append("  ")
@@ -251,10 +253,13 @@ class TuilbApp(App[int]):
                 to += f" +{routes} route{'s' if routes > 1 else ''}"
             listeners.append(clean(f" {listener.protocol} {address} -> {to}"))
             rates = self.tracker.listener_rates.get(listener.name)
-            if rates is not None:
+            if rates is not None and listener.protocol == "http":
                 listeners.append(f" {rates[0]:.1f} req/s")
                 if rates[1]:
                     listeners.append(f" {rates[1]:.1f} err/s", style="bold red")
+            rejected = stats.proxy_rejected if (stats := seen.get(listener.name)) else 0
+            if rejected:
+                listeners.append(f" {rejected} PROXY rejected", style="bold red")
         active = sum(b.active_connections for p in snap.pools for b in p.backends)
         totals = self.tracker.totals
         line = Text.assemble(
@@ -262,7 +267,7 @@ class TuilbApp(App[int]):
             str(active),
             ("   conn/s ", "bold"),
             f"{totals.connections:.1f}",
-            *((("   req/s ", "bold"), f"{totals.requests:.1f}") if snap.listeners else ()),
+            *((("   req/s ", "bold"), f"{totals.requests:.1f}") if http else ()),
             ("   errors/s ", "bold"),
             (f"{totals.failures:.1f}", "bold red" if totals.failures else ""),
             ("   traffic ", "bold"),
