@@ -191,6 +191,12 @@ async def test_the_server_over_tcp_with_metrics(nursery):
     host = f"127.0.0.1:{port}"
     status, body = await request(stream, "GET", "/api/v1/status", host)
     assert status == 200 and json.loads(body)["pools"][0]["name"] == "app"
+    with trio.fail_after(5):  # rates appear once a second has been measured
+        while json.loads(body)["pools"][0]["backends"][0]["rates"] is None:
+            await trio.sleep(0.1)
+            status, body = await request(stream, "GET", "/api/v1/status", host)
+    rates = json.loads(body)["pools"][0]["backends"][0]["rates"]
+    assert rates["connections_per_second"] == 0 and "requests_per_second" in rates
     auth = {"authorization": f"Bearer {TOKEN}"}
     status, _ = await request(stream, "POST", "/api/v1/backends/app/a/drain", host, **auth)
     assert status == 200 and run.model.backend("app/a").admin == "draining"

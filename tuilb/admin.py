@@ -8,7 +8,7 @@ import contextlib
 import ipaddress
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
 import h11
@@ -19,6 +19,7 @@ from tuilb.adminapi import Context, Reply
 from tuilb.config import AdminConfig, Config
 from tuilb.errors import StartupError
 from tuilb.model import Model
+from tuilb.stats import RateTracker
 
 _KNOWN = frozenset(s.value for s in HTTPStatus)
 REQUEST_TIMEOUT = 10.0  # a request (head and body) must arrive within this
@@ -95,15 +96,29 @@ def _hosts(host: str, port: int) -> frozenset[str]:
 
 
 def context(
-    config: Config, model: Model, allowed_hosts: frozenset[str], metrics: Callable[[], str]
+    config: Config,
+    model: Model,
+    allowed_hosts: frozenset[str],
+    metrics: Callable[[], str],
+    feeders: list[Callable[[], Awaitable[None]]],
 ) -> Context:
+    """The API's context; `feeders` receives the task that keeps its rates current."""
     assert config.admin is not None
 
     def apply(command: control.Command) -> str:
         return control.apply(model, command, "admin API")
 
+    tracker = RateTracker(history=1)
+
+    async def feed() -> None:  # rates over the last second, for the status JSON
+        while True:
+            tracker.feed(model.snapshot())
+            await trio.sleep(1.0)
+
+    feeders.append(feed)
     return Context(
         config=config,
+        rates=lambda: tracker.rates,
         snapshot=model.snapshot,
         events_since=model.events_since,
         apply=apply,
@@ -113,7 +128,11 @@ def context(
     )
 
 
-async def serve(listener: trio.SocketListener, ctx: Context) -> None:
+async def serve(
+    listener: trio.SocketListener,
+    ctx: Context,
+    feeders: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         try:
             await _connection(stream, ctx)
@@ -122,7 +141,9 @@ async def serve(listener: trio.SocketListener, ctx: Context) -> None:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async with listener:
+    async with listener, trio.open_nursery() as nursery:
+        for feeder in feeders:
+            nursery.start_soon(feeder)
         await trio.serve_listeners(handler, [listener])
 
 

@@ -21,6 +21,7 @@ from tuilb import control
 from tuilb.config import Config
 from tuilb.errors import CommandError
 from tuilb.model import BackendSnapshot, Event, Snapshot
+from tuilb.stats import Rates
 
 API = "/api/v1"
 ACTIONS = ("drain", "enable", "disable", "weight", "reset")
@@ -51,6 +52,7 @@ class Context:
     allowed_hosts: frozenset[str]  # lower-case Host values accepted; empty: any (unix socket)
     token: str | None = None
     metrics: Callable[[], str] | None = None
+    rates: Callable[[], dict[str, Rates]] | None = None  # per backend, over the last second
     reload: Callable[[], str] | None = None  # raises CommandError
 
 
@@ -74,7 +76,7 @@ def handle(
     if path == f"{API}/status":
         if method != "GET":
             return error(405, "use GET", ("Allow", "GET"))
-        return Reply(200, status(ctx.config, ctx.snapshot()))
+        return Reply(200, status(ctx.config, ctx.snapshot(), ctx.rates() if ctx.rates else {}))
     if path == f"{API}/events":
         if method != "GET":
             return error(405, "use GET", ("Allow", "GET"))
@@ -149,7 +151,7 @@ def _weight_of(body: bytes) -> str:
 # -- JSON shapes ----------------------------------------------------------------------------
 
 
-def status(config: Config, snap: Snapshot) -> dict[str, Any]:
+def status(config: Config, snap: Snapshot, rates: dict[str, Rates] | None = None) -> dict[str, Any]:
     return {
         "listeners": [
             {
@@ -165,7 +167,10 @@ def status(config: Config, snap: Snapshot) -> dict[str, Any]:
                 "name": pool.name,
                 "algorithm": pool.algorithm,
                 "refused": pool.refused,
-                "backends": [backend_json(b) for b in pool.backends],
+                "backends": [
+                    backend_json(b, (rates or {}).get(f"{pool.name}/{b.name}"))
+                    for b in pool.backends
+                ],
             }
             for pool in snap.pools
         ],
@@ -173,7 +178,7 @@ def status(config: Config, snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def backend_json(b: BackendSnapshot) -> dict[str, Any]:
+def backend_json(b: BackendSnapshot, rates: Rates | None = None) -> dict[str, Any]:
     last = b.last_check
     latency = dict(zip(("p50", "p90", "p99"), b.latency, strict=False)) if b.latency else None
     return {
@@ -201,6 +206,15 @@ def backend_json(b: BackendSnapshot) -> dict[str, Any]:
         "requests": b.requests,
         "responses": dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"), b.responses, strict=True)),
         "latency_seconds": latency,
+        "rates": None
+        if rates is None
+        else {
+            "connections_per_second": round(rates.connections, 3),
+            "requests_per_second": round(rates.requests, 3),
+            "failures_per_second": round(rates.failures, 3),
+            "bytes_in_per_second": round(rates.bytes_in, 1),
+            "bytes_out_per_second": round(rates.bytes_out, 1),
+        },
         "eligible": b.eligible,
         "drained": b.drained,
         "last_error": b.last_error,

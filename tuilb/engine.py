@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import gc
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -140,10 +140,11 @@ class Engine:
                     services.start_soon(self.health.run)
                 if self._admin is not None:
                     admin_listener, hosts, _ = self._admin
+                    feeders: list[Callable[[], Awaitable[None]]] = []
                     ctx = admin.context(
-                        self.config, self.model, hosts, metrics.exposition(self.model)
+                        self.config, self.model, hosts, metrics.exposition(self.model), feeders
                     )
-                    services.start_soon(admin.serve, admin_listener, ctx)
+                    services.start_soon(admin.serve, admin_listener, ctx, feeders)
                 if isinstance(self._access, BatchLog) and self.access_log:
                     services.start_soon(self._flush_access, self._access)
                 async with trio.open_nursery() as conns:
