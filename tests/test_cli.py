@@ -364,3 +364,21 @@ def test_headless_code_paths_never_import_textual():
     )
     assert result.returncode == 0, result.stderr
     assert not [m for m in json.loads(result.stdout) if m.startswith("textual")], result.stdout
+
+
+async def test_sighup_is_answered_not_fatal(nursery, tmp_path):
+    """Operators send SIGHUP to reload; until reload exists it must not end the process."""
+    server = await start_server(nursery, named, "app-one")
+    path = tmp_path / "front.conf"
+    path.write_text(config_text([server.port]))
+    headless, port = await start_headless(nursery, path, "json")
+    with trio.fail_after(5):
+        headless.process.send_signal(signal.SIGHUP)
+        record = await headless.wait_event("signal")
+        assert (record["signal"], record["level"]) == ("SIGHUP", "warning")
+        assert "not supported yet" in record["cause"]
+        sock = await connect(port)  # still serving
+        assert await recv_line(sock) == b"app-one\n"
+        await close_cleanly(sock)
+        headless.process.send_signal(signal.SIGTERM)
+        assert await headless.finish() == 0

@@ -43,9 +43,17 @@ Companion = Callable[[Engine], Awaitable[None]]
 Done = Callable[[str | None, str | None], None]
 
 
+RELOAD_NOT_YET = "configuration reload is not supported yet: nothing changed, still running"
+
+
 async def _watch_signals(engine: Engine, log: Log, signals: AsyncIterator[int]) -> None:
     first = True
     async for signum in signals:
+        if signum == signal.SIGHUP:
+            # Operators send SIGHUP to reload (as with nginx or HAProxy); its default action
+            # would end the process, so it is caught and answered instead.
+            log("signal", "warning", signal="SIGHUP", cause=RELOAD_NOT_YET)
+            continue
         cause = "graceful shutdown" if first else "closing remaining connections now"
         log("signal", signal=signal.Signals(signum).name, cause=cause)
         first = False
@@ -66,7 +74,7 @@ async def serve_headless(config: Config, log: Log, companions: Sequence[Companio
     engine = Engine(config, log=log, access_log=True)
     # Handlers go in before anything is logged: a SIGTERM sent as soon as "listening"
     # appears must still mean a graceful shutdown.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         await engine.bind()  # outside any nursery: a port in use is a StartupError, not a group
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, engine, log, signals)
@@ -220,8 +228,12 @@ async def _dashboard_main(app: Any, bridge: GuestBridge) -> outcome.Outcome[None
         )
         app.shutdown_requested(signal.Signals(signum).name)
 
+    def on_hangup() -> None:
+        bridge.log("signal", "warning", signal="SIGHUP", cause=RELOAD_NOT_YET)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await app.run_async()
     finally:
@@ -230,7 +242,7 @@ async def _dashboard_main(app: Any, bridge: GuestBridge) -> outcome.Outcome[None
             if not bridge.stopping:
                 bridge.shutdown()
             await bridge.wait_finished()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return await bridge.wait_finished() if bridge.started else None
 
