@@ -73,7 +73,7 @@ CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
     ("weight not JSON", "POST", f"{B}/app/a/weight", b"five", AUTH, 400, "must be JSON"),
     ("weight missing", "POST", f"{B}/app/a/weight", b"{}", AUTH, 400, '{\\"weight\\": N}'),
     ("reset", "POST", f"{B}/app/a/reset", b"", AUTH, 200, '"config_weight": 2'),
-    ("reload (not yet)", "POST", "/api/v1/reload", b"", AUTH, 501, "not supported yet"),
+    ("reload without a reloader", "POST", "/api/v1/reload", b"", AUTH, 501, "cannot reload"),
     ("unknown endpoint", "GET", "/api/v2/status", b"", {}, 404, "no such endpoint"),
     ("metrics", "GET", "/metrics", b"", {}, 200, "metrics here"),
 ]

@@ -366,19 +366,30 @@ def test_headless_code_paths_never_import_textual():
     assert not [m for m in json.loads(result.stdout) if m.startswith("textual")], result.stdout
 
 
-async def test_sighup_is_answered_not_fatal(nursery, tmp_path):
-    """Operators send SIGHUP to reload; until reload exists it must not end the process."""
-    server = await start_server(nursery, named, "app-one")
+async def test_sighup_reloads_and_a_bad_file_changes_nothing(nursery, tmp_path):
+    """Operators send SIGHUP to reload, as with nginx and HAProxy."""
+    one = await start_server(nursery, named, "app-one")
+    two = await start_server(nursery, named, "app-two")
     path = tmp_path / "front.conf"
-    path.write_text(config_text([server.port]))
+    path.write_text(config_text([one.port]))
     headless, port = await start_headless(nursery, path, "json")
     with trio.fail_after(5):
+        path.write_text(config_text([one.port, two.port]))  # a second backend
         headless.process.send_signal(signal.SIGHUP)
-        record = await headless.wait_event("signal")
-        assert (record["signal"], record["level"]) == ("SIGHUP", "warning")
-        assert "not supported yet" in record["cause"]
-        sock = await connect(port)  # still serving
-        assert await recv_line(sock) == b"app-one\n"
+        record = await headless.wait_event("reloaded")
+        assert "backends added: app/b2" in record["cause"]
+        seen = set()
+        for _ in range(4):
+            sock = await connect(port)
+            seen.add(await recv_line(sock))
+            await close_cleanly(sock)
+        assert seen == {b"app-one\n", b"app-two\n"}
+        path.write_text("this is [not toml")
+        headless.process.send_signal(signal.SIGHUP)
+        failed = await headless.wait_event("reload_failed")
+        assert failed["level"] == "warning" and "not valid TOML" in failed["cause"]
+        sock = await connect(port)  # still serving, with the last good configuration
+        assert await recv_line(sock) in (b"app-one\n", b"app-two\n")
         await close_cleanly(sock)
         headless.process.send_signal(signal.SIGTERM)
         assert await headless.finish() == 0

@@ -93,7 +93,7 @@ def handle(
             return denied
         if path == f"{API}/reload":
             if ctx.reload is None:
-                return error(501, "reload is not supported yet")
+                return error(501, "this tuilb cannot reload")
             try:
                 return Reply(200, {"result": ctx.reload()})
             except CommandError as exc:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
-from tuilb import admin, balance, metrics, state
+from tuilb import admin, balance, metrics, reload, state
 from tuilb.checks import HealthService
-from tuilb.config import Config, ListenerConfig
-from tuilb.errors import StartupError
+from tuilb.config import Config, ListenerConfig, load
+from tuilb.errors import CommandError, ConfigError, StartupError
 from tuilb.log import BatchLog, Log, RateLimit, StreamLog, null_log
 from tuilb.model import Backend, Event, Model
 from tuilb.proxy.l4 import FD_ERRNOS, Connection, TcpProxy
@@ -83,6 +83,9 @@ class Engine:
         self._capacity = {name: trio.lowlevel.ParkingLot() for name in config.pools}
         self.health = HealthService(self.model)
         self._http: list[HttpProxy] = []
+        self._tcp: list[TcpProxy] = []
+        self._services: trio.Nursery | None = None
+        self._health_scope: trio.CancelScope | None = None
         self._admin: tuple[trio.SocketListener, frozenset[str], str] | None = None
         self._state_saving = False  # on once the saved state was restored
         self._tls: dict[str, TlsServer] = {}  # HTTPS listeners' certificates, by listener
@@ -136,14 +139,16 @@ class Engine:
             self._restore_state()
             async with trio.open_nursery() as services:
                 services.start_soon(self._sweep_idle)
+                self._services = services
                 if self.health.needed:
-                    services.start_soon(self.health.run)
+                    services.start_soon(self._run_health)
                 if self._admin is not None:
                     admin_listener, hosts, _ = self._admin
                     feeders: list[Callable[[], Awaitable[None]]] = []
                     ctx = admin.context(
                         self.config, self.model, hosts, metrics.exposition(self.model), feeders
                     )
+                    ctx.reload = self.reload_from_file
                     services.start_soon(admin.serve, admin_listener, ctx, feeders)
                 if isinstance(self._access, BatchLog) and self.access_log:
                     services.start_soon(self._flush_access, self._access)
@@ -252,7 +257,7 @@ class Engine:
             if listener.pump == "splice"
             else make_copy_pump(self._buffers, self._bulk_buffers)
         )
-        return TcpProxy(
+        tcp = TcpProxy(
             listener,
             self.model.pools[listener.pool],
             self._balancers[listener.pool],
@@ -263,6 +268,8 @@ class Engine:
             self._capacity[listener.pool],
             self._on_error,
         )
+        self._tcp.append(tcp)
+        return tcp
 
     async def _accept_loop(
         self,
@@ -318,6 +325,50 @@ class Engine:
                     conn.seen, conn.since = conn.progress, now
                 elif now - conn.since >= idle and conn.scope is not None:
                     conn.scope.cancel()
+
+    # -- reload ----------------------------------------------------------------------------------
+    def reload_from_file(self) -> str:
+        """Reload the configuration file this engine started from (SIGHUP, admin API).
+        Raises CommandError with every problem when the file is invalid or needs a restart;
+        then nothing has changed."""
+        try:
+            new = load(self.config.source)
+        except ConfigError as exc:
+            lines = [f"{exc.source}: {len(exc.problems)} problem(s):"]
+            lines += [f"  {problem}" for problem in exc.problems]
+            raise CommandError("\n".join(lines)) from None
+        return self.reload(new)
+
+    def reload(self, new: Config) -> str:
+        plan = reload.plan(self.config, new)
+        if plan.blockers:
+            raise CommandError("reload refused, nothing changed: " + "; ".join(plan.blockers))
+        self.model.reconfigure(new.pools.values())
+        for name, pool in new.pools.items():
+            old = self.config.pools.get(name)
+            if old is None or old.algorithm != pool.algorithm:
+                self._balancers[name] = balance.make(pool.algorithm)
+            self._capacity.setdefault(name, trio.lowlevel.ParkingLot())
+        for tcp in self._tcp:
+            tcp.balancer = self._balancers[tcp.pool.name]
+        self.config = new
+        if plan.health_changed or plan.backends_added or plan.backends_removed or plan.pools_added:
+            self._restart_health()
+        summary = plan.summary()
+        self.log("reloaded", config=new.source, cause=summary)
+        return f"reloaded: {summary}"
+
+    def _restart_health(self) -> None:
+        if self._health_scope is not None:
+            self._health_scope.cancel()
+            self._health_scope = None
+        if self._services is not None and self.health.needed:
+            self._services.start_soon(self._run_health)
+
+    async def _run_health(self) -> None:
+        with trio.CancelScope() as scope:
+            self._health_scope = scope
+            await self.health.run()
 
     # -- persistent runtime state -------------------------------------------------------------
     def _restore_state(self) -> None:

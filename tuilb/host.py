@@ -43,16 +43,20 @@ Companion = Callable[[Engine], Awaitable[None]]
 Done = Callable[[str | None, str | None], None]
 
 
-RELOAD_NOT_YET = "configuration reload is not supported yet: nothing changed, still running"
+def reload_and_log(engine: Engine, log: Log) -> None:
+    """SIGHUP: reload the configuration file; a refusal is logged and changes nothing."""
+    try:
+        engine.reload_from_file()  # logs "reloaded" with what changed
+    except CommandError as exc:
+        log("reload_failed", "warning", cause=str(exc))
 
 
 async def _watch_signals(engine: Engine, log: Log, signals: AsyncIterator[int]) -> None:
     first = True
     async for signum in signals:
-        if signum == signal.SIGHUP:
-            # Operators send SIGHUP to reload (as with nginx or HAProxy); its default action
-            # would end the process, so it is caught and answered instead.
-            log("signal", "warning", signal="SIGHUP", cause=RELOAD_NOT_YET)
+        if signum == signal.SIGHUP:  # reload, as nginx and HAProxy do
+            log("signal", signal="SIGHUP", cause="reload the configuration")
+            reload_and_log(engine, log)
             continue
         cause = "graceful shutdown" if first else "closing remaining connections now"
         log("signal", signal=signal.Signals(signum).name, cause=cause)
@@ -229,7 +233,8 @@ async def _dashboard_main(app: Any, bridge: GuestBridge) -> outcome.Outcome[None
         app.shutdown_requested(signal.Signals(signum).name)
 
     def on_hangup() -> None:
-        bridge.log("signal", "warning", signal="SIGHUP", cause=RELOAD_NOT_YET)
+        bridge.log("signal", signal="SIGHUP", cause="reload the configuration")
+        bridge._call(lambda: reload_and_log(bridge.engine, bridge.log))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)

@@ -83,6 +83,7 @@ class Backend:
         "requests",
         "resets",
         "responses",
+        "retired",
         "sockaddr",
         "target",
         "total",
@@ -122,6 +123,7 @@ class Backend:
         self.outlier = Outlier()
         self.ejected = False
         self.ejections = 0
+        self.retired = False  # removed by a reload: draining, dropped once idle
         # Slow start: share of the weight in use (1.0 when not ramping) and since when.
         self.ramp = 1.0
         self.ramp_since = 0.0
@@ -266,6 +268,7 @@ class Model:
         self.pools: dict[str, Pool] = {p.name: Pool(p) for p in pools}
         self.events: deque[Event] = deque(maxlen=event_capacity)
         self.listeners: dict[str, ListenerStats] = {}  # HTTP listeners, as they serve
+        self._retired_pools: set[str] = set()  # removed by a reload, dropped once empty
         self._next_event = 1
         self._subscribers: list[Callable[[Event], None]] = []
 
@@ -451,6 +454,77 @@ class Model:
             backend.active -= 1
         if backend.active == 0 and backend.admin is AdminState.DRAINING:
             self.record(backend.target, "drained", "draining", "drained", "last connection closed")
+            if backend.retired:
+                self._drop(backend)
+
+    # -- reload ---------------------------------------------------------------------------
+    def reconfigure(self, pools: Iterable[PoolConfig]) -> None:
+        """Take a reloaded configuration's pools: pools and backends added, changed in place,
+        or retired (draining; dropped once idle). A weight an operator changed is kept."""
+        new = {p.name: p for p in pools}
+        for name, pool in list(self.pools.items()):
+            if name not in new:
+                self._retired_pools.add(name)
+                for backend in list(pool.backends):
+                    self._retire(backend)
+        for name, config in new.items():
+            existing = self.pools.get(name)
+            if existing is None:
+                added = self.pools[name] = Pool(config)
+                for backend in added.backends:
+                    self.record(backend.target, "state", "-", "ready", "reload: added")
+                continue
+            self._retired_pools.discard(name)
+            self._reconfigure_pool(existing, config)
+
+    def _reconfigure_pool(self, pool: Pool, config: PoolConfig) -> None:
+        pool.config, pool.algorithm = config, config.algorithm
+        rise, fall = config.health.rise, config.health.fall
+        wanted = {b.name: b for b in config.backends}
+        kept: list[Backend] = []
+        for b_config in config.backends:
+            backend = pool.by_name.get(b_config.name)
+            if backend is None or backend.retired:
+                backend = Backend(pool.name, b_config, rise, fall)
+                self.record(backend.target, "state", "-", "ready", "reload: added")
+            else:
+                self._update_backend(backend, b_config)
+            backend.hysteresis.rise, backend.hysteresis.fall = rise, fall
+            kept.append(backend)
+        leaving = [b for b in pool.backends if b.name not in wanted or b.retired]
+        pool.backends = kept + [b for b in leaving if b not in kept]
+        pool.by_name = {b.name: b for b in kept}
+        for backend in leaving:
+            self._retire(backend)
+
+    def _update_backend(self, backend: Backend, config: BackendConfig) -> None:
+        old = backend.config
+        backend.config = config
+        backend.address = config.address
+        backend.sockaddr = _sockaddr(config.address)
+        backend.max_connections = config.max_connections
+        if backend.weight == old.weight:  # not an operator's choice: follow the file
+            self.set_weight(backend, config.weight, "reload: weight")
+
+    def _retire(self, backend: Backend) -> None:
+        if backend.retired:
+            return
+        backend.retired = True
+        self.set_admin(backend, AdminState.DRAINING, "reload: removed from the configuration")
+        if backend.active == 0:
+            self._drop(backend)
+
+    def _drop(self, backend: Backend) -> None:
+        pool = self.pools.get(backend.pool)
+        if pool is None or backend not in pool.backends:
+            return
+        pool.backends.remove(backend)
+        if pool.by_name.get(backend.name) is backend:
+            del pool.by_name[backend.name]
+        self.record(backend.target, "state", "draining", "removed", "reload: gone once idle")
+        if not pool.backends and pool.name in self._retired_pools:
+            del self.pools[pool.name]
+            self._retired_pools.discard(pool.name)
 
     def connection_aborted(self, backend: Backend, reason: str | None = None) -> None:
         """A started connection never got connected: undo the start. With a `reason` the

@@ -1,0 +1,149 @@
+"""Configuration reload: what may change in place (a table), how the model takes it, and
+reloads under steady load that lose no connection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.conftest import (
+    close_cleanly,
+    config_text,
+    connect,
+    echo,
+    exchange,
+    start_engine,
+    start_server,
+)
+from tuilb import reload
+from tuilb.config import load, parse
+from tuilb.errors import CommandError
+from tuilb.model import AdminState, Model
+
+
+def conf(ports: list[int], **options: object) -> str:
+    return config_text(ports, **options)  # type: ignore[arg-type]
+
+
+def test_plan_of_backend_changes() -> None:
+    old = parse(conf([1, 2]), "<t>")
+    new = parse(conf([1, 3, 4]).replace('name = "b3"', 'name = "b3"\nweight = 2', 1), "<t>")
+    plan = reload.plan(old, new)
+    assert plan.blockers == ()
+    assert plan.backends_added == ("app/b3",)
+    assert plan.backends_changed == ("app/b2",)  # b2 now points at port 3
+    assert plan.pools_changed == ("app",)
+    assert "backends added: app/b3" in plan.summary()
+
+
+@pytest.mark.parametrize(
+    ("change", "blocker"),
+    [
+        ({"connect": 9.0}, "timeouts changed"),
+        ({"pump": "splice"}, "listeners changed"),
+        ({"bind": "127.0.0.1:1234"}, "listeners changed"),
+    ],
+)
+def test_plan_refuses_what_needs_a_restart(change: dict[str, object], blocker: str) -> None:
+    old = parse(conf([1]), "<t>")
+    new = parse(conf([1], **change), "<t>")
+    assert any(blocker in b for b in reload.plan(old, new).blockers)
+
+
+def test_the_model_keeps_operator_weights_and_drains_removed_backends() -> None:
+    old = parse(conf([1, 2, 3]), "<t>")
+    model = Model(old.pools.values())
+    b1, b2, b3 = (model.backend(f"app/b{i}") for i in (1, 2, 3))
+    model.set_weight(b1, 7, "operator")  # an operator's choice survives
+    model.connection_started(b3)  # b3 has a connection open
+    text = conf([1, 2]).replace('name = "b2"', 'name = "b2"\nweight = 4', 1)
+    text = text.replace('name = "b1"', 'name = "b1"\nweight = 9', 1)
+    model.reconfigure(parse(text, "<t>").pools.values())
+    assert (b1.weight, b2.weight) == (7, 4)
+    assert b3.retired and b3.admin is AdminState.DRAINING and not b3.eligible
+    assert [b.name for b in model.pools["app"].backends] == ["b1", "b2", "b3"]
+    model.connection_ended(b3)  # its last connection: it goes
+    assert [b.name for b in model.pools["app"].backends] == ["b1", "b2"]
+    causes = [e.cause for e in model.events if e.target == "app/b3"]
+    assert causes[0] == "reload: removed from the configuration"
+    assert causes[-1] == "reload: gone once idle"
+
+
+async def _write(path: Path, text: str) -> None:
+    await trio.Path(path).write_text(text)
+
+
+async def test_ten_reloads_under_load_lose_no_connection(nursery, tmp_path):
+    servers = [await start_server(nursery, echo) for _ in range(3)]
+    ports = [s.port for s in servers]
+    path = tmp_path / "tuilb.conf"
+    path.write_text(conf(ports[:2]))
+    run = await start_engine(nursery, load(path))
+    failures: list[BaseException] = []
+    done = 0
+
+    async def client() -> None:
+        nonlocal done
+        for i in range(60):
+            try:
+                sock = await connect(run.port)
+                await exchange(sock, b"ping %d" % i)
+                await close_cleanly(sock)
+                done += 1
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as load_nursery:
+            for _ in range(4):
+                load_nursery.start_soon(client)
+            for i in range(10):
+                await trio.sleep(0.02)  # let traffic flow between reloads
+                await _write(path, conf(ports[:2] if i % 2 else ports))
+                assert run.engine.reload_from_file().startswith("reloaded")
+    assert failures == [] and done == 240
+    assert sum(s.accepted for s in servers[2:]) > 0  # the added backend took traffic
+
+
+async def test_an_invalid_or_refused_reload_changes_nothing(nursery, tmp_path):
+    server = await start_server(nursery, echo)
+    path = tmp_path / "tuilb.conf"
+    path.write_text(conf([server.port]))
+    run = await start_engine(nursery, load(path))
+    before = run.model.snapshot()
+    path.write_text("[[listeners]]\nname = 5\n")
+    with pytest.raises(CommandError, match="problem"):
+        run.engine.reload_from_file()
+    path.write_text(conf([server.port], connect=9.0))
+    with pytest.raises(CommandError, match="timeouts changed: restart tuilb to apply"):
+        run.engine.reload_from_file()
+    assert run.model.snapshot().pools == before.pools
+
+
+async def test_ctl_reload_through_the_admin_api(nursery, tmp_path):
+    import sys
+
+    server = await start_server(nursery, echo)
+    path = tmp_path / "tuilb.conf"
+    admin = '\n[admin]\nlisten = "127.0.0.1:0"\n'
+    path.write_text(conf([server.port]) + admin)
+    run = await start_engine(nursery, load(path))
+    argv = [sys.executable, "-m", "tuilb", "ctl", "--admin", str(run.engine.admin_address)]
+
+    async def ctl(*words: str) -> tuple[int, str, str]:
+        result = await trio.run_process(
+            [*argv, *words], capture_stdout=True, capture_stderr=True, check=False
+        )
+        return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+    await _write(path, conf([server.port, server.port]) + admin)
+    code, out, _ = await ctl("reload")
+    assert (code, out) == (0, "reloaded: backends added: app/b2\n")
+    assert [b.name for b in run.model.pools["app"].backends] == ["b1", "b2"]
+    await _write(path, "[[listeners]]\n" + admin)
+    code, _, err = await ctl("reload")
+    assert code == 1 and "problem(s)" in err and "line" in err
+    assert [b.name for b in run.model.pools["app"].backends] == ["b1", "b2"]
