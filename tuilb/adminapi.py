@@ -54,6 +54,7 @@ class Context:
     metrics: Callable[[], str] | None = None
     rates: Callable[[], dict[str, Rates]] | None = None  # per backend, over the last second
     reload: Callable[[], str] | None = None  # raises CommandError
+    current_config: Callable[[], Config] | None = None  # the config in force after reloads
 
 
 def error(status: int, message: str, *headers: tuple[str, str]) -> Reply:
@@ -76,7 +77,8 @@ def handle(
     if path == f"{API}/status":
         if method != "GET":
             return error(405, "use GET", ("Allow", "GET"))
-        return Reply(200, status(ctx.config, ctx.snapshot(), ctx.rates() if ctx.rates else {}))
+        config = ctx.current_config() if ctx.current_config else ctx.config
+        return Reply(200, status(config, ctx.snapshot(), ctx.rates() if ctx.rates else {}))
     if path == f"{API}/events":
         if method != "GET":
             return error(405, "use GET", ("Allow", "GET"))

@@ -149,6 +149,7 @@ class Engine:
                         self.config, self.model, hosts, metrics.exposition(self.model), feeders
                     )
                     ctx.reload = self.reload_from_file
+                    ctx.current_config = lambda: self.config
                     services.start_soon(admin.serve, admin_listener, ctx, feeders)
                 if isinstance(self._access, BatchLog) and self.access_log:
                     services.start_soon(self._flush_access, self._access)

@@ -105,7 +105,6 @@ class GuestBridge:
         companions: Sequence[Companion] = (),
         extras: Sequence[tuple[Extra, ExtraHandler]] = (),
     ) -> None:
-        self.config = config
         self.log = MemoryLog()
         self.engine = Engine(config, log=self.log)
         self.companions = tuple(companions)
@@ -188,6 +187,20 @@ class GuestBridge:
     def submit(self, command: control.Command, done: Done, source: str = "keyboard") -> None:
         self._run(lambda: control.apply(self.engine.model, command, source), done)
 
+    @property
+    def config(self) -> Config:
+        return self.engine.config
+
+    def reload(self, done: Done) -> None:
+        def action() -> str:
+            try:
+                return self.engine.reload_from_file()
+            except CommandError as exc:
+                self.log("reload_failed", "warning", cause=str(exc))  # into the event pane
+                raise
+
+        self._run(action, done)
+
     def run_extra(self, name: str, target: str, done: Done) -> None:
         handler = self._handlers.get(name)
         if handler is None:
@@ -234,7 +247,7 @@ async def _dashboard_main(app: Any, bridge: GuestBridge) -> outcome.Outcome[None
 
     def on_hangup() -> None:
         bridge.log("signal", signal="SIGHUP", cause="reload the configuration")
-        bridge._call(lambda: reload_and_log(bridge.engine, bridge.log))
+        app.reload("SIGHUP")
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)

@@ -548,6 +548,20 @@ class TuilbApp(App[int]):
             answered,
         )
 
+    def reload(self, why: str) -> None:
+        """From the host (SIGHUP): the same as the reload key."""
+        self.action_reload(why)
+
+    def action_reload(self, source: str = "keyboard") -> None:
+        def done(message: str | None, error: str | None) -> None:
+            if error:
+                self.notify(clean(error), title="reload refused", severity="error", markup=False)
+            else:
+                self.notify(clean(message or ""), title=f"reload ({source})", markup=False)
+            self.refresh_data()
+
+        self.bridge.reload(done)
+
     def shutdown_requested(self, why: str) -> None:
         """From the host: a signal arrived. Same path as the quit key."""
         if self.bridge.stopping:

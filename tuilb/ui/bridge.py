@@ -30,7 +30,15 @@ Done = Callable[[str | None, str | None], None]
 
 
 class Bridge(Protocol):
-    config: Config
+    @property
+    def config(self) -> Config:
+        """The configuration in force (a reload replaces it)."""
+        ...
+
+    def reload(self, done: Done) -> None:
+        """Re-read the configuration file (the engine's reload)."""
+        ...
+
     extras: tuple[Extra, ...]
 
     def start(self, on_finished: Callable[[object], None]) -> None:

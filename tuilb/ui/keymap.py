@@ -30,6 +30,13 @@ KEYS: tuple[Key, ...] = (
     Key("minus", "weight_step(-1)", "-1", "Lower the weight by 1."),
     Key("w", "weight_input", "Weight", "Set an exact weight (0..256, or +N / -N)."),
     Key("r", "reset", "Reset", _command_help("reset")),
+    Key(
+        "R",
+        "reload",
+        "Reload",
+        "Re-read the configuration file (as SIGHUP does); an invalid one changes nothing.",
+        footer=False,
+    ),
     Key("enter", "details", "Details", "Show the backend's counters and recent events."),
     Key("slash", "filter", "Filter", "Show only rows containing some text; Escape clears."),
     Key("t", "cycle_theme", "Theme", "Switch to the next colour theme."),
