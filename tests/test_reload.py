@@ -14,6 +14,8 @@ from tests.conftest import (
     connect,
     echo,
     exchange,
+    named,
+    recv_line,
     start_engine,
     start_server,
 )
@@ -38,18 +40,23 @@ def test_plan_of_backend_changes() -> None:
     assert "backends added: app/b3" in plan.summary()
 
 
-@pytest.mark.parametrize(
-    ("change", "blocker"),
-    [
-        ({"connect": 9.0}, "timeouts changed"),
-        ({"pump": "splice"}, "listeners changed"),
-        ({"bind": "127.0.0.1:1234"}, "listeners changed"),
-    ],
-)
-def test_plan_refuses_what_needs_a_restart(change: dict[str, object], blocker: str) -> None:
+def test_plan_of_listener_changes() -> None:
     old = parse(conf([1]), "<t>")
-    new = parse(conf([1], **change), "<t>")
-    assert any(blocker in b for b in reload.plan(old, new).blockers)
+    assert reload.plan(old, parse(conf([1], pump="splice"), "<t>")).listeners_changed == ("front",)
+    every = reload.plan(old, parse(conf([1], connect=9.0), "<t>"))
+    assert every.listeners_changed == ("front",) and every.blockers == ()  # proxies renewed
+    two = conf([1]).replace(
+        "[pools.app]",
+        '[[listeners]]\nname = "more"\nbind = "127.0.0.1:0"\npool = "app"\n\n[pools.app]',
+    )
+    assert reload.plan(old, parse(two, "<t>")).listeners_added == ("more",)
+    assert reload.plan(parse(two, "<t>"), old).listeners_removed == ("more",)
+
+
+def test_plan_refuses_admin_and_state_changes() -> None:
+    old = parse(conf([1]), "<t>")
+    new = parse(conf([1]) + '\n[admin]\nlisten = "127.0.0.1:9900"\n', "<t>")
+    assert reload.plan(old, new).blockers == ("[admin] changed: restart tuilb to apply",)
 
 
 def test_the_model_keeps_operator_weights_and_drains_removed_backends() -> None:
@@ -102,7 +109,10 @@ async def test_ten_reloads_under_load_lose_no_connection(nursery, tmp_path):
                 load_nursery.start_soon(client)
             for i in range(10):
                 await trio.sleep(0.02)  # let traffic flow between reloads
-                await _write(path, conf(ports[:2] if i % 2 else ports))
+                # backends and the listener's pump change every time: a new proxy takes
+                # over the same socket each reload
+                pump = "splice" if i % 2 else "default"
+                await _write(path, conf(ports[:2] if i % 2 else ports, pump=pump))
                 assert run.engine.reload_from_file().startswith("reloaded")
     assert failures == [] and done == 240
     assert sum(s.accepted for s in servers[2:]) > 0  # the added backend took traffic
@@ -117,8 +127,8 @@ async def test_an_invalid_or_refused_reload_changes_nothing(nursery, tmp_path):
     path.write_text("[[listeners]]\nname = 5\n")
     with pytest.raises(CommandError, match="problem"):
         run.engine.reload_from_file()
-    path.write_text(conf([server.port], connect=9.0))
-    with pytest.raises(CommandError, match="timeouts changed: restart tuilb to apply"):
+    path.write_text(conf([server.port]) + '\n[admin]\nlisten = "127.0.0.1:0"\n')
+    with pytest.raises(CommandError, match=r"\[admin\] changed: restart tuilb to apply"):
         run.engine.reload_from_file()
     assert run.model.snapshot().pools == before.pools
 
@@ -147,3 +157,58 @@ async def test_ctl_reload_through_the_admin_api(nursery, tmp_path):
     code, _, err = await ctl("reload")
     assert code == 1 and "problem(s)" in err and "line" in err
     assert [b.name for b in run.model.pools["app"].backends] == ["b1", "b2"]
+
+
+async def test_listeners_added_removed_and_changed_by_a_reload(nursery, tmp_path):
+    one = await start_server(nursery, named, "one")
+    two = await start_server(nursery, named, "two")
+    path = tmp_path / "tuilb.conf"
+    base = conf([one.port])
+    path.write_text(base)
+    run = await start_engine(nursery, load(path))
+    kept = await connect(run.port)  # an open connection through "front" across reloads
+    assert await recv_line(kept) == b"one\n"
+    extra = (
+        '[[listeners]]\nname = "more"\nbind = "127.0.0.1:0"\npool = "other"\n\n'
+        f'[pools.other]\n[[pools.other.backends]]\nname = "x"\naddress = "127.0.0.1:{two.port}"\n\n'
+    )
+    await _write(path, base.replace("[pools.app]", extra + "[pools.app]"))
+    message = run.engine.reload_from_file()
+    assert "listeners added: more" in message
+    more = next(b.port for b in run.engine.bound if b.listener == "more")
+    sock = await connect(more)
+    assert await recv_line(sock) == b"two\n"
+    await close_cleanly(sock)
+    # change "front" to the other pool: new connections go there, the open one stays
+    await _write(
+        path,
+        base.replace('pool = "app"', 'pool = "other"', 1).replace(
+            "[pools.app]", extra.replace('name = "more"', 'name = "more2"') + "[pools.app]"
+        ),
+    )
+    message = run.engine.reload_from_file()
+    assert "listeners changed: front" in message and "listeners removed: more" in message
+    sock = await connect(run.port)  # the same port: its socket was kept
+    assert await recv_line(sock) == b"two\n"
+    await close_cleanly(sock)
+    with pytest.raises(OSError):
+        (await connect(more)).close()  # "more" is gone
+    await exchange(kept, b"still here")  # the connection from before carries on
+    await close_cleanly(kept)
+
+
+async def test_a_port_in_use_refuses_the_whole_reload(nursery, tmp_path):
+    server = await start_server(nursery, echo)
+    path = tmp_path / "tuilb.conf"
+    path.write_text(conf([server.port]))
+    run = await start_engine(nursery, load(path))
+    taken = next(b.port for b in run.engine.bound)
+    clash = conf([server.port, server.port]).replace(
+        "[pools.app]",
+        f'[[listeners]]\nname = "clash"\nbind = "127.0.0.1:{taken}"\npool = "app"\n\n[pools.app]',
+    )
+    await _write(path, clash)
+    with pytest.raises(CommandError, match="cannot listen on"):
+        run.engine.reload_from_file()
+    assert [b.name for b in run.model.pools["app"].backends] == ["b1"]  # nothing changed
+    assert [b.listener for b in run.engine.bound] == ["front"]

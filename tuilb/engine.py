@@ -38,6 +38,7 @@ from tuilb.proxy.pump import (
     make_copy_pump,
     make_splice_pump,
 )
+from tuilb.reload import Plan
 
 if TYPE_CHECKING:
     from tuilb.l7.proxy import HttpProxy
@@ -45,6 +46,13 @@ if TYPE_CHECKING:
 
 # Accept errors that concern one connection that died in the queue, not the listener.
 _TRANSIENT_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepting:
+    listener: ListenerConfig
+    sock: socket.socket
+    scope: trio.CancelScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,10 @@ class Engine:
         self.health = HealthService(self.model)
         self._http: list[HttpProxy] = []
         self._tcp: list[TcpProxy] = []
+        # Per listener name: its config, socket and the cancel scope of its accept loop.
+        self._accepting: dict[str, _Accepting] = {}
+        self._accepts: trio.Nursery | None = None
+        self._conns: trio.Nursery | None = None
         self._services: trio.Nursery | None = None
         self._health_scope: trio.CancelScope | None = None
         self._admin: tuple[trio.SocketListener, frozenset[str], str] | None = None
@@ -156,15 +168,16 @@ class Engine:
                 async with trio.open_nursery() as conns:
                     self._conn_scope = conns.cancel_scope
                     async with trio.open_nursery() as accepts:
+                        self._accepts, self._conns = accepts, conns
                         for listener, sock in sockets:
-                            proxy = self._proxy(listener)
-                            accepts.start_soon(self._accept_loop, listener, sock, proxy, conns)
+                            self._start_accepting(listener, sock)
                         task_status.started(list(self.bound))
                         gc.freeze()  # full collections stop walking the start-up objects
                         await self._shutdown.wait()
                         accepts.cancel_scope.cancel()
-                    for _, sock in sockets:
-                        sock.close()
+                        self._accepts = None
+                    for accepting in self._accepting.values():
+                        accepting.sock.close()
                     grace = self.config.timeouts.shutdown_grace
                     self.log(
                         "shutdown",
@@ -178,6 +191,8 @@ class Engine:
         finally:
             for _, sock in sockets:
                 sock.close()
+            for accepting in self._accepting.values():
+                accepting.sock.close()
             self._pipes.close()
             for proxy in self._http:
                 proxy.close()
@@ -210,30 +225,7 @@ class Engine:
         return out
 
     async def _bind(self, listener: ListenerConfig) -> socket.socket:
-        addr = listener.bind
-        try:
-            infos = await trio.socket.getaddrinfo(
-                addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        except OSError as exc:
-            raise StartupError(
-                f"listener {listener.name!r}: cannot use {addr}: {exc.strerror or exc}"
-            ) from None
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(socket.SOMAXCONN)
-        except OSError as exc:
-            sock.close()
-            reason = (exc.strerror or str(exc)).lower()
-            raise StartupError(
-                f"listener {listener.name!r}: cannot listen on {addr}: {reason}"
-            ) from None
-        return sock
+        return _bind_now(listener)
 
     def _proxy(self, listener: ListenerConfig) -> TcpProxy | HttpProxy:
         if listener.protocol == "http":
@@ -271,6 +263,19 @@ class Engine:
         )
         self._tcp.append(tcp)
         return tcp
+
+    def _start_accepting(self, listener: ListenerConfig, sock: socket.socket) -> None:
+        assert self._accepts is not None and self._conns is not None
+        scope = trio.CancelScope()
+        proxy = self._proxy(listener)
+        conns = self._conns
+
+        async def accepting() -> None:
+            with scope:
+                await self._accept_loop(listener, sock, proxy, conns)
+
+        self._accepts.start_soon(accepting)
+        self._accepting[listener.name] = _Accepting(listener, sock, scope)
 
     async def _accept_loop(
         self,
@@ -344,6 +349,10 @@ class Engine:
         plan = reload.plan(self.config, new)
         if plan.blockers:
             raise CommandError("reload refused, nothing changed: " + "; ".join(plan.blockers))
+        renewed = plan.listeners_added + plan.listeners_changed
+        if (renewed or plan.listeners_removed) and self._accepts is None:
+            raise CommandError("reload refused: the engine is not serving")
+        sockets, tls = self._prepare_listeners(new, renewed)  # may refuse: nothing changed yet
         self.model.reconfigure(new.pools.values())
         for name, pool in new.pools.items():
             old = self.config.pools.get(name)
@@ -353,11 +362,57 @@ class Engine:
         for tcp in self._tcp:
             tcp.balancer = self._balancers[tcp.pool.name]
         self.config = new
+        self._tls = tls
+        self._swap_listeners(new, plan, sockets)
         if plan.health_changed or plan.backends_added or plan.backends_removed or plan.pools_added:
             self._restart_health()
         summary = plan.summary()
         self.log("reloaded", config=new.source, cause=summary)
         return f"reloaded: {summary}"
+
+    def _prepare_listeners(
+        self, new: Config, renewed: tuple[str, ...]
+    ) -> tuple[dict[str, socket.socket], Any]:
+        """Bind what needs a new socket and load certificates, before anything changes;
+        a failure closes what was bound and refuses the reload."""
+        try:
+            tls = _tls_servers(new)
+        except StartupError as exc:
+            raise CommandError(f"reload refused, nothing changed: {exc}") from None
+        sockets: dict[str, socket.socket] = {}
+        try:
+            for listener in new.listeners:
+                current = self._accepting.get(listener.name)
+                if listener.name in renewed and (
+                    current is None or current.listener.bind != listener.bind
+                ):
+                    sockets[listener.name] = _bind_now(listener)
+        except StartupError as exc:
+            for sock in sockets.values():
+                sock.close()
+            raise CommandError(f"reload refused, nothing changed: {exc}") from None
+        return sockets, tls
+
+    def _swap_listeners(self, new: Config, plan: Plan, sockets: dict[str, socket.socket]) -> None:
+        for name in plan.listeners_removed:
+            gone = self._accepting.pop(name)
+            gone.scope.cancel()  # its connections carry on in the connections nursery
+            gone.sock.close()
+        for listener in new.listeners:
+            if listener.name not in plan.listeners_added + plan.listeners_changed:
+                continue
+            current = self._accepting.pop(listener.name, None)
+            sock = sockets.get(listener.name) or (current.sock if current else None)
+            assert sock is not None
+            if current is not None:
+                current.scope.cancel()  # the same socket, if kept, is accepted on at once
+                if current.sock is not sock:
+                    current.sock.close()
+            self._start_accepting(listener, sock)
+        self.bound = []
+        for listener in new.listeners:
+            host, port = self._accepting[listener.name].sock.getsockname()[:2]
+            self.bound.append(Bound(listener.name, host, port))
 
     def _restart_health(self) -> None:
         if self._health_scope is not None:
@@ -429,3 +484,31 @@ def _tls_servers(config: Config) -> dict[str, TlsServer]:
     from tuilb.l7.tls import TlsServer
 
     return {lst.name: TlsServer(lst.name, lst.http.tls) for lst in wanted}
+
+
+def _bind_now(listener: ListenerConfig) -> socket.socket:
+    """Bind a listener's socket without awaiting (a reload runs synchronously)."""
+    addr = listener.bind
+    try:
+        infos = socket.getaddrinfo(
+            addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    except OSError as exc:
+        raise StartupError(
+            f"listener {listener.name!r}: cannot use {addr}: {exc.strerror or exc}"
+        ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        raise StartupError(
+            f"listener {listener.name!r}: cannot listen on {addr}: {reason}"
+        ) from None
+    return sock

@@ -1,11 +1,13 @@
 """What a configuration reload may change in place, decided as pure code.
 
-Applied in place: pools added, removed (when no listener uses them) or changed, their
-backends added, removed (a removed backend drains first and leaves once idle) or changed
-(address, weight, max_connections), balancing algorithms and health settings. Refused,
-with a message saying a restart is needed: listener, timeout, limit, admin and state file
-changes (the running listeners and their proxies hold those). A refused or invalid
-reload changes nothing.
+Applied in place: listeners added (bound first: a port in use refuses the whole reload),
+removed (the socket closes, its connections finish) or changed (a new proxy takes over
+the same socket, so nothing queued is lost; a new address binds a new socket), pools
+added, removed (when no listener uses them) or changed, their backends added, removed (a
+removed backend drains first and leaves once idle) or changed (address, weight,
+max_connections), balancing algorithms, health settings, timeouts and limits (new
+connections get them). Refused, with a message saying a restart is needed: `[admin]` and
+`[state]` changes. A refused or invalid reload changes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from tuilb.config import Config
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    listeners_added: tuple[str, ...] = ()
+    listeners_removed: tuple[str, ...] = ()
+    listeners_changed: tuple[str, ...] = ()  # a new proxy (and maybe socket) for each
     pools_added: tuple[str, ...] = ()
     pools_removed: tuple[str, ...] = ()
     pools_changed: tuple[str, ...] = ()
@@ -30,7 +35,10 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (
-            self.pools_added
+            self.listeners_added
+            or self.listeners_removed
+            or self.listeners_changed
+            or self.pools_added
             or self.pools_removed
             or self.pools_changed
             or self.backends_added
@@ -40,6 +48,9 @@ class Plan:
 
     def summary(self) -> str:
         parts = [
+            (self.listeners_added, "listeners added"),
+            (self.listeners_removed, "listeners removed"),
+            (self.listeners_changed, "listeners changed"),
             (self.pools_added, "pools added"),
             (self.pools_removed, "pools removed"),
             (self.backends_added, "backends added"),
@@ -55,11 +66,7 @@ class Plan:
 
 def plan(old: Config, new: Config) -> Plan:
     blockers: list[str] = []
-    if old.listeners != new.listeners:
-        blockers.append("listeners changed: restart tuilb to apply")
     for what, a, b in (
-        ("timeouts", old.timeouts, new.timeouts),
-        ("limits", old.limits, new.limits),
         ("[admin]", old.admin, new.admin),
         ("[state]", old.state_file, new.state_file),
     ):
@@ -97,7 +104,17 @@ def plan(old: Config, new: Config) -> Plan:
             for b, config in new_backends.items()
             if b in old_backends and old_backends[b] != config
         ]
+    old_listeners = {x.name: x for x in old.listeners}
+    new_listeners = {x.name: x for x in new.listeners}
+    every = old.timeouts != new.timeouts or old.limits != new.limits  # every proxy renewed
     return Plan(
+        listeners_added=tuple(n for n in new_listeners if n not in old_listeners),
+        listeners_removed=tuple(n for n in old_listeners if n not in new_listeners),
+        listeners_changed=tuple(
+            n
+            for n, x in new_listeners.items()
+            if n in old_listeners and (every or old_listeners[n] != x)
+        ),
         pools_added=added,
         pools_removed=removed,
         pools_changed=tuple(changed),
