@@ -229,3 +229,40 @@ async def test_the_server_on_a_unix_socket_is_private(nursery, tmp_path):
                                  b'{"weight": 7}')  # fmt: skip
     assert status == 200 and json.loads(body)["backend"]["weight"] == 7
     await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("label", "method", "target", "body", "headers", "status", "fragment"),
+    [c for c in CASES if c[0] != "reload without a reloader"],
+    ids=[c[0] for c in CASES if c[0] != "reload without a reloader"],
+)
+async def test_api_table_over_a_real_socket(
+    nursery, label, method, target, body, headers, status, fragment
+):
+    """The same table through the server: h11 on both ends, a real loopback socket."""
+    config = parse(TEXT + f'\n[admin]\nlisten = "127.0.0.1:0"\ntoken = "{TOKEN}"\n', "<t>")
+    run = await start_engine(nursery, config)
+    port = int(str(run.engine.admin_address).rpartition(":")[2])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    got_status, got = await request(stream, method, target, f"127.0.0.1:{port}", body, **headers)
+    await stream.aclose()
+    assert got_status == status
+    expected = fragment if label != "metrics" else "tuilb_backend_weight"
+    assert expected in got.decode()
+
+
+async def test_reload_over_the_socket_answers_with_the_problems(nursery, tmp_path):
+    path = tmp_path / "tuilb.conf"
+    path.write_text(TEXT + f'\n[admin]\nlisten = "127.0.0.1:0"\ntoken = "{TOKEN}"\n')
+    from tuilb.config import load
+
+    run = await start_engine(nursery, load(path))
+    port = int(str(run.engine.admin_address).rpartition(":")[2])
+    host, auth = f"127.0.0.1:{port}", {"authorization": f"Bearer {TOKEN}"}
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    status, body = await request(stream, "POST", "/api/v1/reload", host, **auth)
+    assert (status, json.loads(body)["result"]) == (200, "reloaded: no changes")
+    path.write_text("[[listeners]]\n")
+    status, body = await request(stream, "POST", "/api/v1/reload", host, **auth)
+    assert status == 400 and "problem(s)" in json.loads(body)["error"]
+    await stream.aclose()
