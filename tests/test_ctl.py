@@ -117,3 +117,26 @@ async def test_drain_wait_times_out_with_exit_1(nursery):
     code, _, err = await ctl(run, "drain", f"app/{target.name}", "--wait", "--timeout", "0.3")
     assert code == 1 and "still has 1 connection(s) after 0.3s" in err
     await client.aclose()
+
+
+async def test_events_follow_prints_new_events_as_they_happen(nursery):
+    import subprocess
+
+    run = await engine(nursery)
+    argv = [sys.executable, "-m", "tuilb", "ctl", "--admin", run.engine.admin_address]
+    process = await trio.lowlevel.open_process(
+        [*argv, "events", "--follow"], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        code, _, _ = await ctl(run, "disable", "app/b")
+        assert code == 0
+        seen = b""
+        with trio.fail_after(10):
+            while b"app/b state: ready -> disabled" not in seen:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, "ctl events --follow ended"
+                seen += chunk
+    finally:
+        process.terminate()
+        await process.wait()
