@@ -212,3 +212,40 @@ async def test_a_port_in_use_refuses_the_whole_reload(nursery, tmp_path):
         run.engine.reload_from_file()
     assert [b.name for b in run.model.pools["app"].backends] == ["b1"]  # nothing changed
     assert [b.listener for b in run.engine.bound] == ["front"]
+
+
+async def test_ten_reloads_under_http_load_lose_no_request(nursery, tmp_path):
+    from tests.l7util import Client, start_backends
+
+    backends = await start_backends(nursery, "a", "b", "c")
+    ports = [b.port for b in backends]
+
+    def http_conf(use: list[int], keepalive: float) -> str:
+        text = conf(use).replace('pump = "default"\n', 'pump = "default"\nprotocol = "http"\n', 1)
+        return text.replace("[timeouts]\n", f"[timeouts]\nkeepalive = {keepalive}\n", 1)
+
+    path = tmp_path / "tuilb.conf"
+    path.write_text(http_conf(ports[:2], 15))
+    run = await start_engine(nursery, load(path))
+    statuses: list[int] = []
+
+    async def client(keep_alive: bool) -> None:
+        conn = await Client.open(run.port)
+        for i in range(40):
+            if not keep_alive:
+                await conn.aclose()
+                conn = await Client.open(run.port)
+            answer = await conn.request("GET", f"/{i}")
+            statuses.append(answer.status if answer.complete else -1)
+        await conn.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as load_nursery:
+            for keep in (True, False, True):
+                load_nursery.start_soon(client, keep)
+            for i in range(10):
+                await trio.sleep(0.02)
+                # backends change, and every other time the timeouts: new proxies each time
+                await _write(path, http_conf(ports[:2] if i % 2 else ports, 15 + i % 2))
+                assert run.engine.reload_from_file().startswith("reloaded")
+    assert statuses == [200] * 120
