@@ -10,7 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tuilb.sni import MAX_BYTES, MAX_RECORD, Hello, Incomplete, Invalid, parse
+from tuilb.config import Timeouts
+from tuilb.config import parse as config_parse
+from tuilb.errors import ConfigError
+from tuilb.sni import MAX_BYTES, MAX_RECORD, Hello, Incomplete, Invalid, SniRoute, parse, route
 
 
 def real_hello(server_hostname: str | None, maximum: ssl.TLSVersion | None = None) -> bytes:
@@ -230,3 +233,141 @@ def test_never_raises(data: bytes) -> None:
 def test_never_raises_after_a_valid_start(data: bytes) -> None:
     parse(b"\x16\x03\x01" + data)
     parse(b"\x16\x03\x01\x01\x00\x01\x00\x00\xfc\x03\x03" + data)
+
+
+# -- routes ---------------------------------------------------------------------------------
+ROUTES = (
+    SniRoute("*.example.test", "wild"),
+    SniRoute("a.example.test", "a"),
+    SniRoute("*.b.example.test", "deep"),
+    SniRoute("b.example.test", "b"),
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "pool"),
+    [
+        ("a.example.test", "a"),  # exact beats an earlier wildcard
+        ("b.example.test", "b"),
+        ("c.example.test", "wild"),
+        ("x.b.example.test", "wild"),  # the first wildcard in written order
+        ("example.test", None),  # *.domain is not the domain itself
+        ("aexample.test", None),
+        ("other.test", None),
+        (None, None),
+    ],
+)
+def test_route(name: str | None, pool: str | None) -> None:
+    assert route(ROUTES, name) == pool
+
+
+# -- configuration --------------------------------------------------------------------------
+CONF = """\
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:8443"
+{listener}
+[pools.a]
+algorithm = "round_robin"
+[[pools.a.backends]]
+name = "a1"
+address = "127.0.0.1:9001"
+
+[pools.b]
+algorithm = "round_robin"
+[[pools.b.backends]]
+name = "b1"
+address = "127.0.0.1:9002"
+{end}
+"""
+
+
+def sni_conf(listener: str, end: str = "") -> str:
+    return CONF.format(listener=listener, end=end)
+
+
+def config_problems(text: str) -> list[str]:
+    try:
+        config_parse(text, "<test>")
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def test_config_routes_and_timeout() -> None:
+    text = sni_conf(
+        'pool = "b"\n'
+        '[[listeners.sni_routes]]\nserver_name = "A.Example.COM"\npool = "a"\n'
+        '[[listeners.sni_routes]]\nserver_name = "*.example.com"\npool = "b"\n',
+        "[timeouts]\nclient_hello = 2\n",
+    )
+    config = config_parse(text, "<test>")
+    listener = config.listeners[0]
+    assert listener.pool == "b"
+    assert listener.sni_routes == (SniRoute("a.example.com", "a"), SniRoute("*.example.com", "b"))
+    assert config.timeouts.client_hello == 2.0
+    assert Timeouts().client_hello == 5.0
+
+
+def test_config_pool_optional_with_routes() -> None:
+    text = sni_conf('[[listeners.sni_routes]]\nserver_name = "a.example.com"\npool = "a"\n')
+    listener = config_parse(text, "<test>").listeners[0]
+    assert listener.pool is None and listener.sni_routes == (SniRoute("a.example.com", "a"),)
+    assert config_parse(sni_conf('pool = "a"\n'), "<test>").listeners[0].sni_routes == ()
+
+
+@pytest.mark.parametrize(
+    ("listener", "fragments"),
+    [
+        ("", ["listeners[0]: missing required key 'pool'"]),
+        (
+            '[[listeners.sni_routes]]\nserver_name = "a.example.com"\npool = "c"\n',
+            ["line 6: listeners[0].sni_routes[0].pool: no pool named 'c'; pools: a, b"],
+        ),
+        (
+            '[[listeners.sni_routes]]\nserver_name = "a..example.com"\npool = "a"\n',
+            ["line 5: listeners[0].sni_routes[0].server_name: 'a..example.com' is not a server"],
+        ),
+        (
+            '[[listeners.sni_routes]]\nserver_name = "a.example.com."\npool = "a"\n',
+            ["sni_routes[0].server_name: 'a.example.com.' is not a server name"],
+        ),
+        (
+            '[[listeners.sni_routes]]\nserver_name = "a.*.com"\npool = "a"\n',
+            ["is not a server name or *.domain pattern"],
+        ),
+        (
+            '[[listeners.sni_routes]]\nserver_name = "a.example.com"\npool = "a"\n'
+            '[[listeners.sni_routes]]\nserver_name = "A.example.com"\npool = "b"\n',
+            ["line 8: listeners[0].sni_routes[1].server_name: 'a.example.com' has an earlier"],
+        ),
+        (
+            '[[listeners.sni_routes]]\npool = "a"\n',
+            ["listeners[0].sni_routes[0]: missing required key 'server_name'"],
+        ),
+        (
+            '[[listeners.sni_routes]]\nserver_name = "a.example.com"\npool = "a"\nport = 1\n',
+            ["listeners[0].sni_routes[0].port: unknown key 'port'"],
+        ),
+        ('pool = "a"\nsni_routes = []\n', ["listeners[0].sni_routes: an empty list"]),
+        (
+            'pool = "a"\nsni_routes = "a"\n',
+            ["listeners[0].sni_routes: expected an array, got a string"],
+        ),
+        (
+            'protocol = "http"\npool = "a"\n'
+            '[[listeners.sni_routes]]\nserver_name = "a.example.com"\npool = "a"\n',
+            ['listeners[0].sni_routes: sni_routes applies to protocol = "tcp" only'],
+        ),
+    ],
+)
+def test_config_problems(listener: str, fragments: list[str]) -> None:
+    problems = config_problems(sni_conf(listener))
+    assert len(problems) == len(fragments), problems
+    for problem, fragment in zip(problems, fragments, strict=True):
+        assert fragment in problem, problems
+
+
+def test_config_client_hello_timeout_positive() -> None:
+    problems = config_problems(sni_conf('pool = "a"\n', "[timeouts]\nclient_hello = 0\n"))
+    assert len(problems) == 1 and "timeouts.client_hello" in problems[0]

@@ -19,12 +19,15 @@ from tuilb.balance import ALGORITHMS
 from tuilb.errors import ConfigError, Problem
 from tuilb.healthconf import HealthConfig, PassiveConfig, check_health, check_passive
 from tuilb.httpconf import HttpListener, Limits, Network, check_http_listener, check_limits
+from tuilb.sni import SniRoute
 from tuilb.tomlpos import Path as KeyPath
 from tuilb.tomlpos import key_lines, line_of
 
 PROTOCOLS = ("tcp", "http")
 LATER_PROTOCOLS = ("udp",)  # in the schema, not yet served
 HTTP_ONLY = ("routes", "tls", "trusted_proxies")
+# An SNI host_name (RFC 6066: a DNS name, no trailing dot) or "*." and one
+_SNI_NAME = re.compile(r"^(\*\.)?[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*$")
 PUMPS = ("default", "splice")
 SEND_PROXY = ("v1", "v2")  # PROXY protocol versions a pool can send its backends
 UNWEIGHTED = ("round_robin", "least_connections")
@@ -79,6 +82,8 @@ class ListenerConfig:
     http: HttpListener = HttpListener()  # noqa: RUF009 (frozen: one shared default is fine)
     # Sources that must open with a PROXY protocol header; with any, nobody else may connect.
     accept_proxy: tuple[Network, ...] = ()
+    # tcp: TLS passthrough by the ClientHello's server name; `pool` is then the fallback
+    sni_routes: tuple[SniRoute, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,7 @@ class Timeouts:
     body: float = 30.0  # no body bytes either way for this long: close
     tls_handshake: float = 10.0
     proxy_header: float = 5.0  # accept_proxy listeners: the PROXY header must arrive within this
+    client_hello: float = 5.0  # sni_routes listeners: the whole TLS ClientHello must arrive
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,7 +504,8 @@ class _Checker:
         if not isinstance(entry, dict):
             self.table(entry, path, ())
             return None
-        keys = ("name", "bind", "protocol", "pool", "pump", "accept_proxy", *HTTP_ONLY)
+        keys: tuple[str, ...] = ("name", "bind", "protocol", "pool", "pump", "accept_proxy")
+        keys += ("sni_routes", *HTTP_ONLY)
         table = self.table(entry, path, keys)
         name = self.name(self.get(table, "name", path, str, required=True), (*path, "name"))
         bind = self.address(
@@ -513,14 +520,60 @@ class _Checker:
             for key in HTTP_ONLY:
                 if key in table:
                     self.problem((*path, key), f'{key!r} applies to protocol = "http" only')
-        pool = self.get(table, "pool", path, str, required=protocol != "http")
+        sni_routes: tuple[SniRoute, ...] = ()
+        if "sni_routes" in table and protocol != "tcp":
+            self.problem((*path, "sni_routes"), 'sni_routes applies to protocol = "tcp" only')
+        elif "sni_routes" in table:
+            sni_routes = self.sni_routes(table, path, pools)
+        # With sni_routes, `pool` is where hellos no route matches go (none: closed).
+        required = protocol != "http" and "sni_routes" not in table
+        pool = self.get(table, "pool", path, str, required=required)
         if pool is not None and pool not in pools:
             known = ", ".join(pools) or "none defined"
             self.problem((*path, "pool"), f"no pool named {pool!r}; pools: {known}")
         accept_proxy = self.networks(table, "accept_proxy", path)
-        if name is None or bind is None or (pool is None and protocol != "http"):
+        if name is None or bind is None or (pool is None and required):
             return None
-        return ListenerConfig(name, bind, pool, protocol, pump, http, accept_proxy)
+        return ListenerConfig(name, bind, pool, protocol, pump, http, accept_proxy, sni_routes)
+
+    def sni_routes(
+        self, table: dict[str, Any], path: KeyPath, pools: dict[str, PoolConfig]
+    ) -> tuple[SniRoute, ...]:
+        """`[[listeners.sni_routes]]`: server_name (exact or `*.domain`) -> pool."""
+        entries = self.get(table, "sni_routes", path, list, [])
+        if "sni_routes" in table and isinstance(table["sni_routes"], list) and not entries:
+            self.problem((*path, "sni_routes"), "an empty list: add routes, or remove the key")
+        out: list[SniRoute] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(entries):
+            where = (*path, "sni_routes", i)
+            route = self.table(entry, where, ("server_name", "pool"))
+            if not route:
+                continue
+            server_name = self.get(route, "server_name", where, str, required=True)
+            pool = self.get(route, "pool", where, str, required=True)
+            if server_name is not None:
+                server_name = server_name.lower()
+                if not _SNI_NAME.match(server_name):
+                    self.problem(
+                        (*where, "server_name"),
+                        f"{server_name!r} is not a server name or *.domain pattern",
+                    )
+                    server_name = None
+                elif server_name in seen:
+                    self.problem(
+                        (*where, "server_name"), f"{server_name!r} has an earlier route already"
+                    )
+                    server_name = None
+                else:
+                    seen.add(server_name)
+            if pool is not None and pool not in pools:
+                known = ", ".join(pools) or "none defined"
+                self.problem((*where, "pool"), f"no pool named {pool!r}; pools: {known}")
+                pool = None
+            if server_name is not None and pool is not None:
+                out.append(SniRoute(server_name, pool))
+        return tuple(out)
 
     def networks(self, table: dict[str, Any], key: str, path: KeyPath) -> tuple[Network, ...]:
         """An array of addresses or networks (`"10.0.0.0/8"`, `"::1"`)."""

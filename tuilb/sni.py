@@ -203,3 +203,27 @@ def _host_name(ext: _Reader) -> str | None:
             raise _Malformed("host_name is not printable ASCII")
         host = raw.decode("ascii").lower()
     return host
+
+
+@dataclass(frozen=True, slots=True)
+class SniRoute:
+    """`[[listeners.sni_routes]]`: clients naming `server_name` go to `pool`."""
+
+    server_name: str  # lower case, no trailing dot; exact, or "*.example.com"
+    pool: str
+
+
+def route(routes: tuple[SniRoute, ...], name: str | None) -> str | None:
+    """The pool for a hello naming `name` (lower case): the entry with exactly that name,
+    else the first wildcard entry, in written order, whose `*.domain` covers it (any
+    subdomain at any depth, not the domain itself). None: no entry matches."""
+    if name is None:
+        return None
+    for entry in routes:
+        if entry.server_name == name:
+            return entry.pool
+    for entry in routes:
+        suffix = entry.server_name[1:]  # ".example.com" for "*.example.com"
+        if entry.server_name.startswith("*.") and name.endswith(suffix) and len(name) > len(suffix):
+            return entry.pool
+    return None
