@@ -244,7 +244,10 @@ class Engine:
             self._http.append(http)
             self.before_shutdown.append(http.begin_shutdown)
             return http
-        assert listener.pool is not None  # required for tcp listeners by the config check
+        # tcp listeners have a pool or sni_routes (the config check): without a pool, the
+        # first route's pool stands in (TcpProxy picks per connection then)
+        name = listener.pool if listener.pool is not None else listener.sni_routes[0].pool
+        by_name = bool(listener.sni_routes)
         pump: Pump = (
             make_splice_pump(self._pipes)
             if listener.pump == "splice"
@@ -252,14 +255,16 @@ class Engine:
         )
         tcp = TcpProxy(
             listener,
-            self.model.pools[listener.pool],
-            self._balancers[listener.pool],
+            self.model.pools[name],
+            self._balancers[name],
             self.model,
             self.config.timeouts,
             pump,
             self.connections,
-            self._capacity[listener.pool],
+            self._capacity[name],
             self._on_error,
+            self._balancers if by_name else None,
+            self._capacity if by_name else None,
         )
         self._tcp.append(tcp)
         return tcp

@@ -219,6 +219,7 @@ class ListenerStats:
     route_hits: dict[int, int] = field(default_factory=dict)  # route index -> requests
     default_hits: int = 0  # requests no route matched (the listener's pool, or a 404)
     proxy_rejected: int = 0  # accept_proxy: connections closed for their PROXY header
+    sni_rejected: int = 0  # sni_routes: closed for their ClientHello (late, bad, no route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +230,7 @@ class ListenerSnapshot:
     route_hits: tuple[tuple[int, int], ...] = ()  # (route index, requests), by index
     default_hits: int = 0
     proxy_rejected: int = 0
+    sni_rejected: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +379,10 @@ class Model:
     def proxy_rejected(self, listener: str) -> None:
         """A connection to `listener` was closed for its PROXY header (or its source)."""
         self._listener(listener).proxy_rejected += 1
+
+    def sni_rejected(self, listener: str) -> None:
+        """A connection to `listener` was closed for its TLS ClientHello (or no route)."""
+        self._listener(listener).sni_rejected += 1
 
     def route_hit(self, listener: str, route: int | None) -> None:
         """HTTP: a request of `listener` matched route number `route` (None: no route)."""
@@ -565,6 +571,7 @@ class Model:
                     tuple(sorted(x.route_hits.items())),
                     x.default_hits,
                     x.proxy_rejected,
+                    x.sni_rejected,
                 )
                 for x in self.listeners.values()
             ),

@@ -12,14 +12,15 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import select
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 from trio.lowlevel import wait_readable, wait_writable
 
-from tuilb import proxyproto
+from tuilb import proxyproto, sni
 from tuilb.balance import Balancer
 from tuilb.config import Address, ListenerConfig, Timeouts
 from tuilb.httpconf import Network
@@ -99,7 +100,12 @@ class TcpProxy:
         connections: set[Connection],
         capacity: trio.lowlevel.ParkingLot,
         on_error: Callable[[str, Backend | None, str, str], None],
+        balancers: Mapping[str, Balancer] | None = None,
+        capacities: Mapping[str, trio.lowlevel.ParkingLot] | None = None,
     ) -> None:
+        # With sni_routes, the pool is picked per connection from `balancers` and
+        # `capacities` (the engine's, by pool name); `pool` is then the listener's pool, or
+        # a stand-in when it has none (never used as a fallback: `listener.pool` says that).
         self.listener = listener
         self.pool = pool
         self.balancer = balancer
@@ -110,6 +116,9 @@ class TcpProxy:
         self.capacity = capacity
         self.on_error = on_error  # (event, backend, reason, listener): logged, rate-limited
         self.proxy_rejected = 0  # accept_proxy: connections closed for their PROXY header
+        self.balancers = balancers
+        self.capacities = capacities
+        self.sni_rejected = 0  # sni_routes: closed for their ClientHello (or no route for it)
 
     def _error(self, event: str, backend: Backend | None, reason: str) -> None:
         self.on_error(event, backend, reason, self.listener.name)
@@ -119,19 +128,29 @@ class TcpProxy:
         try:
             key = peer[0] if isinstance(peer, tuple) else ""
             header = b""
-            if self.listener.accept_proxy or self.pool.config.send_proxy:
-                origin = await client_origin(
+            origin: Origin | None = None
+            sni_routes = self.listener.sni_routes
+            if self.listener.accept_proxy or self.pool.config.send_proxy or sni_routes:
+                found = await client_origin(
                     self.listener.accept_proxy, client, peer, self.timeouts.proxy_header
                 )
-                if isinstance(origin, str):
+                if isinstance(found, str):
                     self.proxy_rejected += 1
                     self.model.proxy_rejected(self.listener.name)
-                    self._error("proxy_rejected", None, origin)
+                    self._error("proxy_rejected", None, found)
                     return
+                origin = found
                 key = origin[0][0] if origin[0] is not None else key
-                if self.pool.config.send_proxy:
-                    header = proxyproto.build(self.pool.config.send_proxy, *origin)
-            picked = await self.connect(str(key), header)
+            route = (self.pool, self.balancer, self.capacity)
+            if sni_routes:
+                by_name = await self._sni_route(client)
+                if by_name is None:
+                    return
+                route = by_name
+            send_proxy = route[0].config.send_proxy
+            if send_proxy and origin is not None:
+                header = proxyproto.build(send_proxy, *origin)
+            picked = await self.connect(str(key), header, route)
             if picked is None:
                 return
             upstream, backend = picked
@@ -147,28 +166,48 @@ class TcpProxy:
             if upstream is not None:
                 upstream.close()
 
-    async def connect(self, key: str, header: bytes = b"") -> tuple[socket.socket, Backend] | None:
+    async def _sni_route(self, client: socket.socket) -> Route | None:
+        """The pool for this client by its ClientHello's server name (peeked, not taken);
+        None: the connection is to be closed (counted and logged here)."""
+        hello = await peek_client_hello(client, self.timeouts.client_hello)
+        if isinstance(hello, sni.Invalid):
+            reason = hello.reason
+        else:
+            name = sni.route(self.listener.sni_routes, hello.server_name) or self.listener.pool
+            if name is not None and self.balancers is not None and self.capacities is not None:
+                return self.model.pools[name], self.balancers[name], self.capacities[name]
+            reason = f"no sni route for {hello.server_name or 'a hello without a server name'}"
+        self.sni_rejected += 1
+        self.model.sni_rejected(self.listener.name)
+        self._error("sni_rejected", None, reason)
+        return None
+
+    async def connect(
+        self, key: str, header: bytes = b"", route: Route | None = None
+    ) -> tuple[socket.socket, Backend] | None:
         """Try usable backends in the balancer's order until one accepts; None if none do.
-        `header` (a PROXY header) is the first thing each new connection sends."""
+        `header` (a PROXY header) is the first thing each new connection sends. `route`:
+        the pool, balancer and capacity lot to use (default: the listener's)."""
+        pool, balancer, capacity = route or (self.pool, self.balancer, self.capacity)
         tried: set[Backend] = set()
         deadline = trio.current_time() + self.timeouts.connect
         while True:
-            backend = self.balancer.pick(self.pool.backends, key, tried)
+            backend = balancer.pick(pool.backends, key, tried)
             if backend is None:
-                if self._full_but_eligible(tried) and trio.current_time() < deadline:
+                if self._full_but_eligible(pool, tried) and trio.current_time() < deadline:
                     with trio.move_on_at(deadline):
-                        await self.capacity.park()
+                        await capacity.park()
                     continue
-                self.model.refused(self.pool)
-                self._error("no_backend", None, f"no usable backend in pool {self.pool.name!r}")
+                self.model.refused(pool)
+                self._error("no_backend", None, f"no usable backend in pool {pool.name!r}")
                 return None
             tried.add(backend)
             sock = await self._open(backend, header)
             if sock is not None:
                 return sock, backend
 
-    def _full_but_eligible(self, tried: set[Backend]) -> bool:
-        return any(b.eligible and not b.has_capacity and b not in tried for b in self.pool.backends)
+    def _full_but_eligible(self, pool: Pool, tried: set[Backend]) -> bool:
+        return any(b.eligible and not b.has_capacity and b not in tried for b in pool.backends)
 
     async def _open(self, backend: Backend, header: bytes = b"") -> socket.socket | None:
         """Connect to `backend`. The connection counts on it from the first moment.
@@ -192,7 +231,9 @@ class TcpProxy:
 
     def _release(self, backend: Backend) -> None:
         if backend.max_connections:
-            self.capacity.unpark_all()
+            capacities = self.capacities
+            lot = capacities.get(backend.pool) if capacities is not None else None
+            (lot or self.capacity).unpark_all()
 
     async def relay(self, client: socket.socket, upstream: socket.socket, backend: Backend) -> None:
         """Pump both ways; `backend` already counts this connection (see `_open`)."""
@@ -282,6 +323,7 @@ async def _resolve(address: Address) -> tuple[int, tuple[str, int]]:
 
 
 Origin = tuple[tuple[str, int] | None, tuple[str, int] | None]
+Route = tuple[Pool, Balancer, trio.lowlevel.ParkingLot]
 
 
 async def client_origin(
@@ -342,3 +384,51 @@ async def read_proxy_header(
             if isinstance(result, proxyproto.Header) and len(taken) == result.length:
                 return result
     return proxyproto.Invalid(f"no complete PROXY header within {timeout:g}s")
+
+
+async def peek_client_hello(sock: socket.socket, timeout: float) -> sni.Hello | sni.Invalid:
+    """The TLS ClientHello at the start of `sock`, within `timeout`, read with MSG_PEEK
+    only: every byte stays in the socket for the backend."""
+    seen = 0
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                data = sock.recv(sni.MAX_BYTES, socket.MSG_PEEK)
+            except BlockingIOError:
+                await wait_readable(sock.fileno())
+                continue
+            if not data or (len(data) == seen and _peer_closed(sock)):
+                return sni.Invalid("the client closed before its ClientHello ended")
+            if len(data) == seen:
+                await trio.sleep(0.01)  # woken with nothing new: do not spin
+            seen = len(data)
+            result = sni.parse(data)
+            if not isinstance(result, sni.Incomplete):
+                return result
+            await _wait_for_bytes(sock, result.needed)
+    return sni.Invalid(f"no complete ClientHello within {timeout:g}s")
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """The peer has shut down its sending side (bytes may still be queued to read)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLRDHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP) for _, events in poller.poll(0))
+
+
+async def _wait_for_bytes(sock: socket.socket, needed: int) -> None:
+    """Wait until `needed` bytes are queued on `sock` (or its peer closed). A peek leaves
+    the socket readable, so readiness alone would spin: SO_RCVLOWAT makes Linux report it
+    readable only once that many bytes are there; elsewhere, poll every 10 ms."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, needed)
+    except OSError:
+        await trio.sleep(0.01)
+        return
+    try:
+        await wait_readable(sock.fileno())
+    finally:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        except OSError:
+            pass
