@@ -66,3 +66,8 @@ def test_counters_gauges_and_the_latency_histogram() -> None:
     assert got[("tuilb_backend_http_response_seconds_count", ab)] == 3
     assert abs(got[("tuilb_backend_http_response_seconds_sum", ab)] - 0.2034) < 1e-9
     assert got[("tuilb_listener_http_errors_total", (("listener", "web"),))] == 1
+    model.proxy_rejected("web")
+    model.sni_rejected("web")
+    got = samples(model)
+    assert got[("tuilb_listener_proxy_rejected_total", (("listener", "web"),))] == 1
+    assert got[("tuilb_listener_sni_rejected_total", (("listener", "web"),))] == 1

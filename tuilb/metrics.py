@@ -62,6 +62,8 @@ class ModelCollector:
         for stats in self.model.listeners.values():
             f["listener_responses"].add_metric([stats.name], stats.requests)
             f["listener_errors"].add_metric([stats.name], stats.errors)
+            f["listener_proxy_rejected"].add_metric([stats.name], stats.proxy_rejected)
+            f["listener_sni_rejected"].add_metric([stats.name], stats.sni_rejected)
         yield from f.values()
 
 
@@ -115,6 +117,18 @@ _SPECS: dict[str, tuple[str, str, str, list[str]]] = {
         "counter",
         "listener_http_errors",
         "5xx, and 4xx tuilb made up.",
+        ["listener"],
+    ),
+    "listener_proxy_rejected": (
+        "counter",
+        "listener_proxy_rejected",
+        "Connections closed for their PROXY header.",
+        ["listener"],
+    ),
+    "listener_sni_rejected": (
+        "counter",
+        "listener_sni_rejected",
+        "Connections closed for their TLS ClientHello.",
         ["listener"],
     ),
 }

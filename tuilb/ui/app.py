@@ -257,9 +257,11 @@ class TuilbApp(App[int]):
                 listeners.append(f" {rates[0]:.1f} req/s")
                 if rates[1]:
                     listeners.append(f" {rates[1]:.1f} err/s", style="bold red")
-            rejected = stats.proxy_rejected if (stats := seen.get(listener.name)) else 0
-            if rejected:
-                listeners.append(f" {rejected} PROXY rejected", style="bold red")
+            stats = seen.get(listener.name)
+            if stats is not None and stats.proxy_rejected:
+                listeners.append(f" {stats.proxy_rejected} PROXY rejected", style="bold red")
+            if stats is not None and stats.sni_rejected:
+                listeners.append(f" {stats.sni_rejected} hello rejected", style="bold red")
         active = sum(b.active_connections for p in snap.pools for b in p.backends)
         totals = self.tracker.totals
         line = Text.assemble(
