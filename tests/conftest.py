@@ -290,6 +290,18 @@ async def exchange(sock: trio.socket.SocketType, data: bytes) -> None:
     assert await recv_exactly(sock, len(data)) == data
 
 
+async def closed_by_tuilb(port: int, data: bytes) -> bytes:
+    """Send `data` and read until tuilb closes the connection (a reset counts as closed);
+    what came back, which should be nothing for a rejected connection."""
+    sock = await connect(port)
+    with sock, trio.fail_after(5):
+        try:
+            await send_all(sock, data)
+            return await recv_to_eof(sock)
+        except OSError:
+            return b""
+
+
 async def close_cleanly(sock: trio.socket.SocketType) -> None:
     """Half-close, expect the peer (an echo) to end its side too, then close."""
     with sock:

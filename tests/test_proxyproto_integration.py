@@ -14,6 +14,7 @@ from tests.conftest import (
     RecordingLog,
     Seen,
     Server,
+    closed_by_tuilb,
     connect,
     named,
     poll,
@@ -65,17 +66,6 @@ async def through(port: int, data: bytes) -> bytes:
         await send_all(sock, data)
         sock.shutdown(socket.SHUT_WR)
         return await recv_to_eof(sock)
-
-
-async def rejected(port: int, data: bytes) -> bytes:
-    """Send `data` and read until tuilb closes the connection (a reset counts as closed)."""
-    sock = await connect(port)
-    with sock, trio.fail_after(5):
-        try:
-            await send_all(sock, data)
-            return await recv_to_eof(sock)
-        except OSError:
-            return b""
 
 
 # -- L4 --------------------------------------------------------------------------------------
@@ -160,7 +150,7 @@ async def test_l4_rejects_without_passing_anything_on(nursery, accept, data, why
     run = await start_engine(
         nursery, parse(config("tcp", [backend.port], accept=accept), "<test>"), log
     )
-    assert await rejected(run.port, data) == b""
+    assert await closed_by_tuilb(run.port, data) == b""
     await log.wait("proxy_rejected")
     record = next(r for r in log.records if r[0] == "proxy_rejected")
     assert why in record[2]["cause"]
@@ -175,7 +165,7 @@ async def test_rejections_are_logged_rate_limited(nursery):
         nursery, parse(config("tcp", [backend.port], accept='["10.0.0.0/8"]'), "<test>"), log
     )
     for _ in range(5):
-        await rejected(run.port, b"data")
+        await closed_by_tuilb(run.port, b"data")
     await log.wait("proxy_rejected")
     assert log.events().count("proxy_rejected") == 1
     assert backend.accepted == 0
@@ -266,7 +256,7 @@ async def test_l7_rejects_before_http(nursery, accept, data, why):
     (a,) = await start_backends(nursery, "a")
     log = RecordingLog()
     run = await start_engine(nursery, parse(config("http", [a.port], accept=accept), "<test>"), log)
-    assert await rejected(run.port, data) == b""  # no HTTP answer at all: closed
+    assert await closed_by_tuilb(run.port, data) == b""  # no HTTP answer at all: closed
     await poll_log(log, "proxy_rejected")
     record = next(r for r in log.records if r[0] == "proxy_rejected")
     assert why in record[2]["cause"]

@@ -14,6 +14,7 @@ import trustme
 
 from tests.conftest import (
     RecordingLog,
+    closed_by_tuilb,
     connect,
     named,
     poll,
@@ -98,16 +99,6 @@ def client_hello(server_name: str | None) -> bytes:
     with pytest.raises(ssl.SSLWantReadError):
         tls.do_handshake()
     return outgoing.read()
-
-
-async def closed_by_tuilb(port: int, data: bytes) -> bytes:
-    sock = await connect(port)
-    with sock, trio.fail_after(5):
-        try:
-            await send_all(sock, data)
-            return await recv_to_eof(sock)
-        except OSError:
-            return b""
 
 
 @pytest.fixture
