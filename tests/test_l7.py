@@ -512,3 +512,20 @@ async def test_stray_bytes_on_an_idle_pooled_connection_never_answer_a_request(n
     answer = await client.request("GET", "/2")
     assert (answer.status, answer.body) == (200, b"ok")
     await client.aclose()
+
+
+async def test_response_heads_up_to_64k_pass_and_larger_ones_are_a_502(nursery):
+    """The same answer however the backend's bytes are cut into reads."""
+
+    async def big(backend: HttpBackend, got: Received):
+        size = int(got.target.strip(b"/"))
+        return 200, [(b"x-big", b"b" * size)], b"body"
+
+    backend = HttpBackend("big", big)
+    await nursery.start(backend.serve)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    for size, status in ((40_000, 200), (70_000, 502)):
+        client = await Client.open(run.port)
+        answer = await client.request("GET", f"/{size}")
+        assert answer.status == status, size
+        await client.aclose()

@@ -31,7 +31,7 @@ from tuilb.l7 import route as routing
 from tuilb.l7 import rules
 from tuilb.l7.stream import SocketStream, Stream, TimedSend
 from tuilb.l7.tls import TlsServer
-from tuilb.l7.upstream import Upstream, UpstreamPool
+from tuilb.l7.upstream import MAX_RESPONSE_HEAD, Upstream, UpstreamPool
 from tuilb.log import Log
 from tuilb.model import AdminState, Backend, Model, Pool
 from tuilb.proxy.l4 import LocalError, Origin, client_origin, connect_socket, describe
@@ -532,6 +532,9 @@ class HttpProxy:
                 self.model.backend_reset(upstream.backend)
                 raise _Fail(502, f"bad response from the backend: {exc}") from None
             if isinstance(event, h11.Response):
+                size = sum(len(name) + len(value) + 4 for name, value in event.headers)
+                if size > MAX_RESPONSE_HEAD:  # however the bytes happened to arrive
+                    raise _Fail(502, f"the backend's response head is over {MAX_RESPONSE_HEAD}")
                 return event
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:

@@ -16,6 +16,7 @@ from tuilb.model import AdminState, Backend
 
 MAX_IDLE_PER_BACKEND = 32
 IDLE_LIMIT = 30.0  # seconds an idle backend connection is kept (backends close them too)
+MAX_RESPONSE_HEAD = 65536  # bytes of a backend's response head (status line and headers)
 
 
 class Upstream:
@@ -24,7 +25,8 @@ class Upstream:
     def __init__(self, backend: Backend, stream: SocketStream) -> None:
         self.backend = backend
         self.stream = stream
-        self.conn = h11.Connection(h11.CLIENT)
+        # h11 enforces this only while a head is incomplete; the proxy checks whole heads.
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
         self.idle_since = 0.0
         self.reused = False  # taken from the pool (it may have died while idle)
 
