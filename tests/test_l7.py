@@ -529,3 +529,16 @@ async def test_response_heads_up_to_64k_pass_and_larger_ones_are_a_502(nursery):
         answer = await client.request("GET", f"/{size}")
         assert answer.status == status, size
         await client.aclose()
+
+
+async def test_access_log_can_be_turned_off_per_listener(nursery):
+    from tests.conftest import RecordingLog
+
+    (a,) = await start_backends(nursery, "a")
+    log = RecordingLog()
+    config = http_config({"app": [a.port]}, listener_extra="access_log = false\n")
+    run = await start_engine(nursery, config, log=log, access_log=True)
+    client = await Client.open(run.port)
+    assert (await client.request("GET", "/")).status == 200
+    assert "request" not in log.events()
+    await client.aclose()

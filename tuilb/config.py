@@ -25,7 +25,7 @@ from tuilb.tomlpos import key_lines, line_of
 
 PROTOCOLS = ("tcp", "http")
 LATER_PROTOCOLS = ("udp",)  # in the schema, not yet served
-HTTP_ONLY = ("routes", "tls", "trusted_proxies")
+HTTP_ONLY = ("routes", "tls", "trusted_proxies", "access_log")
 # An SNI host_name (RFC 6066: a DNS name, no trailing dot) or "*." and one
 _SNI_NAME = re.compile(r"^(\*\.)?[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*$")
 PUMPS = ("default", "splice")

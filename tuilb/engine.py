@@ -239,7 +239,7 @@ class Engine:
                 self._on_error,
                 self._tls.get(listener.name),
             )
-            if self.access_log:
+            if self.access_log and listener.http.access_log:
                 http.access = self._access
             self._http.append(http)
             self.before_shutdown.append(http.begin_shutdown)

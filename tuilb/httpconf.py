@@ -51,6 +51,7 @@ class HttpListener:
     routes: tuple[RouteConfig, ...] = ()
     tls: tuple[Certificate, ...] = ()  # empty: plain HTTP
     trusted_proxies: tuple[Network, ...] = ()
+    access_log: bool = True  # a line per request in headless mode (off: nginx's `access_log off`)
 
 
 def check_limits(checker: _Checker, value: object) -> Limits:
@@ -88,7 +89,8 @@ def check_http_listener(
             checker.problem(
                 (*path, "trusted_proxies", i), f"{text!r} is not an address or network (CIDR)"
             )
-    return HttpListener(tuple(routes), tls, tuple(trusted))
+    access_log = checker.get(table, "access_log", path, bool, True)
+    return HttpListener(tuple(routes), tls, tuple(trusted), access_log)
 
 
 def _route(
