@@ -185,6 +185,8 @@ def tuilb_http_cfg(web_port: int, stream_port: int, backend_web: int, backend_st
         [("web", web_port, "web"), ("stream", stream_port, "stream")],
         {"web": [("b1", backend_web)], "stream": [("b1", backend_stream)]},
         protocol="http",
+        # Like HAProxy here (no `log` line), tuilb writes no per-request access log.
+        listener_extra="access_log = false",
     )
 
 
