@@ -210,6 +210,32 @@ GOOD: list[tuple[str, str, list[tuple[tuple[str | int, ...], Any]]]] = [
         ],
     ),
     (
+        "a udp listener: max_flows and udp_idle, defaults and set",
+        conf(
+            L='protocol = "udp"\nmax_flows = 50\n',
+            END=(
+                '[[listeners]]\nname = "dns"\nbind = "127.0.0.1:5353"\nprotocol = "udp"\n'
+                'pool = "app"\n[timeouts]\nudp_idle = 2.5\n'
+            ),
+        ),
+        [
+            (("listeners", 0, "protocol"), "udp"),
+            (("listeners", 0, "max_flows"), 50),
+            (("listeners", 1, "max_flows"), 10000),
+            (("timeouts", "udp_idle"), 2.5),
+        ],
+    ),
+    (
+        "a tcp and a udp listener on the same address",
+        conf(
+            END=(
+                '[[listeners]]\nname = "web-udp"\nbind = "127.0.0.1:8080"\n'
+                'protocol = "udp"\npool = "app"\n'
+            )
+        ),
+        [(("listeners", 1, "bind"), Address("127.0.0.1", 8080)), (("timeouts", "udp_idle"), 60.0)],
+    ),
+    (
         "same backend name in two different pools",
         conf(END='[pools.other]\n[[pools.other.backends]]\nname = "a1"\naddress = "10.0.0.9:1"\n'),
         [(("pools", "other", "backends", 0, "name"), "a1")],
@@ -541,9 +567,41 @@ backends = [{ name = "a1", address = "127.0.0.1:9001" }]
         [("listeners[0].routes", "'routes' applies to protocol = \"http\" only", "x")],
     ),
     (
-        "protocol udp is not supported yet",
-        conf(L='protocol = "udp"  #@x\n'),
-        [("listeners[0].protocol", "protocol 'udp' is not supported yet", "x")],
+        "max_flows on a tcp listener",
+        conf(L="max_flows = 5  #@x\n"),
+        [("listeners[0].max_flows", 'max_flows applies to protocol = "udp" only', "x")],
+    ),
+    (
+        "max_flows out of range",
+        conf(L='protocol = "udp"\nmax_flows = 0  #@x\n'),
+        [("listeners[0].max_flows", "0 is out of range 1..10000000", "x")],
+    ),
+    (
+        "pump on a udp listener",
+        conf(L='protocol = "udp"\npump = "splice"  #@x\n'),
+        [("listeners[0].pump", "'pump' applies to protocol = \"tcp\" only", "x")],
+    ),
+    (
+        "accept_proxy on a udp listener",
+        conf(L='protocol = "udp"\naccept_proxy = ["10.0.0.0/8"]  #@x\n'),
+        [("listeners[0].accept_proxy", "'accept_proxy' applies to protocol = \"tcp\"", "x")],
+    ),
+    (
+        "http keys on a udp listener",
+        conf(L='protocol = "udp"\ntrusted_proxies = ["10.0.0.0/8"]  #@x\n'),
+        [("listeners[0].trusted_proxies", 'applies to protocol = "http" only', "x")],
+    ),
+    (
+        "sni_routes on a udp listener",
+        conf(
+            L='protocol = "udp"\n[[listeners.sni_routes]]  #@x\nserver_name = "a"\npool = "app"\n'
+        ),
+        [("listeners[0].sni_routes", 'sni_routes applies to protocol = "tcp" only', "x")],
+    ),
+    (
+        "a udp listener over a pool that sends PROXY headers",
+        conf(L='protocol = "udp"\n', P='send_proxy = "v1"\n'),
+        [("listeners[0].pool", "sends PROXY headers (send_proxy)", "listener.pool")],
     ),
     (
         "unknown protocol",
@@ -715,7 +773,7 @@ def test_mistakes_in_every_section_all_reported() -> None:
             '"127.0.0.1:8080"': '"127.0.0.1:99999"',
             'name = "a2"': 'name = "a1"',
         },
-        L='protocol = "udp"  #@proto\n',
+        L='protocol = "quic"  #@proto\n',
         P="backend = []  #@pkey\n",
         B1="weight = 300  #@w\nmax_connections = true  #@mc\n",
         END="[timeouts]\nconnect = -1  #@conn\nidle = 0  #@idle\nread = 1  #@read\n",
@@ -725,7 +783,7 @@ def test_mistakes_in_every_section_all_reported() -> None:
         [
             ("extra", "unknown key 'extra'", "top"),
             ("listeners[0].pool", "no pool named 'nope'; pools: app", "listener.pool"),
-            ("listeners[0].protocol", "protocol 'udp' is not supported yet", "proto"),
+            ("listeners[0].protocol", "'quic' is not one of: tcp, http, udp", "proto"),
             ("pools.app.backend", "unknown key 'backend'", "pkey"),
             ("listeners[0].bind", "port 99999 is out of range", "listener.bind"),
             (f"{B1}.weight", "300 is out of range 0..256", "w"),

@@ -23,8 +23,9 @@ from tuilb.sni import SniRoute
 from tuilb.tomlpos import Path as KeyPath
 from tuilb.tomlpos import key_lines, line_of
 
-PROTOCOLS = ("tcp", "http")
-LATER_PROTOCOLS = ("udp",)  # in the schema, not yet served
+PROTOCOLS = ("tcp", "http", "udp")
+LATER_PROTOCOLS: tuple[str, ...] = ()  # in the schema, not yet served
+MAX_FLOWS = 10000  # udp listeners: flows at once, by default
 HTTP_ONLY = ("routes", "tls", "trusted_proxies", "access_log")
 # An SNI host_name (RFC 6066: a DNS name, no trailing dot) or "*." and one
 _SNI_NAME = re.compile(r"^(\*\.)?[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*$")
@@ -84,6 +85,7 @@ class ListenerConfig:
     accept_proxy: tuple[Network, ...] = ()
     # tcp: TLS passthrough by the ClientHello's server name; `pool` is then the fallback
     sni_routes: tuple[SniRoute, ...] = ()
+    max_flows: int = MAX_FLOWS  # udp: flows (client addresses) at once; more are refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Timeouts:
     tls_handshake: float = 10.0
     proxy_header: float = 5.0  # accept_proxy listeners: the PROXY header must arrive within this
     client_hello: float = 5.0  # sni_routes listeners: the whole TLS ClientHello must arrive
+    udp_idle: float = 60.0  # udp listeners: a flow with no datagram either way ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +483,7 @@ class _Checker:
             return ()
         out: list[ListenerConfig] = []
         names: set[str] = set()
-        binds: dict[Address, str] = {}
+        binds: dict[tuple[bool, Address], str] = {}
         for i, entry in enumerate(value):
             path: KeyPath = ("listeners", i)
             entry_name = _raw_name(entry)
@@ -491,10 +494,12 @@ class _Checker:
             listener = self.listener(entry, path, pools)
             if listener is None:
                 continue
-            if listener.bind in binds and listener.bind.port != 0:
-                other = binds[listener.bind]
+            # tcp and udp ports are apart: one address may serve both
+            where = (listener.protocol == "udp", listener.bind)
+            if where in binds and listener.bind.port != 0:
+                other = binds[where]
                 self.problem((*path, "bind"), f"{listener.bind} is already bound by {other!r}")
-            binds[listener.bind] = listener.name
+            binds[where] = listener.name
             out.append(listener)
         return tuple(out)
 
@@ -505,7 +510,7 @@ class _Checker:
             self.table(entry, path, ())
             return None
         keys: tuple[str, ...] = ("name", "bind", "protocol", "pool", "pump", "accept_proxy")
-        keys += ("sni_routes", *HTTP_ONLY)
+        keys += ("sni_routes", "max_flows", *HTTP_ONLY)
         table = self.table(entry, path, keys)
         name = self.name(self.get(table, "name", path, str, required=True), (*path, "name"))
         bind = self.address(
@@ -532,9 +537,32 @@ class _Checker:
             known = ", ".join(pools) or "none defined"
             self.problem((*path, "pool"), f"no pool named {pool!r}; pools: {known}")
         accept_proxy = self.networks(table, "accept_proxy", path)
+        max_flows = MAX_FLOWS
+        if protocol == "udp":
+            max_flows = self.udp_listener(table, path, pools.get(pool or ""))
+        elif "max_flows" in table:
+            self.problem((*path, "max_flows"), 'max_flows applies to protocol = "udp" only')
         if name is None or bind is None or (pool is None and required):
             return None
-        return ListenerConfig(name, bind, pool, protocol, pump, http, accept_proxy, sni_routes)
+        return ListenerConfig(
+            name, bind, pool, protocol, pump, http, accept_proxy, sni_routes, max_flows
+        )
+
+    def udp_listener(self, table: dict[str, Any], path: KeyPath, pool: PoolConfig | None) -> int:
+        """What a udp listener may not have (stream things), and its `max_flows`."""
+        for key, why in (
+            ("pump", "datagrams are not pumped as a stream"),
+            ("accept_proxy", "PROXY protocol headers come on tcp connections"),
+        ):
+            if key in table:
+                self.problem((*path, key), f'{key!r} applies to protocol = "tcp" only: {why}')
+        if pool is not None and pool.send_proxy is not None:
+            self.problem(
+                (*path, "pool"),
+                f"pool {pool.name!r} sends PROXY headers (send_proxy), which a udp "
+                "listener cannot: use a pool without send_proxy",
+            )
+        return self.int_range(table, "max_flows", path, MAX_FLOWS, 1, 10_000_000)
 
     def sni_routes(
         self, table: dict[str, Any], path: KeyPath, pools: dict[str, PoolConfig]

@@ -38,6 +38,7 @@ from tuilb.proxy.pump import (
     make_copy_pump,
     make_splice_pump,
 )
+from tuilb.proxy.udp import UdpProxy
 from tuilb.reload import Plan
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class Engine:
         self.health = HealthService(self.model)
         self._http: list[HttpProxy] = []
         self._tcp: list[TcpProxy] = []
+        self._udp: dict[str, UdpProxy] = {}  # udp listeners' proxies, by listener
         # Per listener name: its config, socket and the cancel scope of its accept loop.
         self._accepting: dict[str, _Accepting] = {}
         self._accepts: trio.Nursery | None = None
@@ -272,6 +274,9 @@ class Engine:
     def _start_accepting(self, listener: ListenerConfig, sock: socket.socket) -> None:
         assert self._accepts is not None and self._conns is not None
         scope = trio.CancelScope()
+        if listener.protocol == "udp":
+            self._start_udp(listener, sock, scope)
+            return
         proxy = self._proxy(listener)
         conns = self._conns
 
@@ -280,6 +285,27 @@ class Engine:
                 await self._accept_loop(listener, sock, proxy, conns)
 
         self._accepts.start_soon(accepting)
+        self._accepting[listener.name] = _Accepting(listener, sock, scope)
+
+    def _start_udp(
+        self, listener: ListenerConfig, sock: socket.socket, scope: trio.CancelScope
+    ) -> None:
+        """No accepts: one task serves the datagrams and the flows (they end with it)."""
+        assert self._accepts is not None and listener.pool is not None  # udp needs a pool
+        udp = self._udp[listener.name] = UdpProxy(
+            listener,
+            self.model.pools[listener.pool],
+            self._balancers[listener.pool],
+            self.model,
+            self.config.timeouts,
+            self._on_error,
+        )
+
+        async def serving() -> None:
+            with scope:
+                await udp.serve(sock)
+
+        self._accepts.start_soon(serving)
         self._accepting[listener.name] = _Accepting(listener, sock, scope)
 
     async def _accept_loop(
@@ -366,6 +392,8 @@ class Engine:
             self._capacity.setdefault(name, trio.lowlevel.ParkingLot())
         for tcp in self._tcp:
             tcp.balancer = self._balancers[tcp.pool.name]
+        for udp in self._udp.values():
+            udp.balancer = self._balancers[udp.pool.name]
         self.config = new
         self._tls = tls
         self._swap_listeners(new, plan, sockets)
@@ -389,7 +417,10 @@ class Engine:
             for listener in new.listeners:
                 current = self._accepting.get(listener.name)
                 if listener.name in renewed and (
-                    current is None or current.listener.bind != listener.bind
+                    current is None
+                    or current.listener.bind != listener.bind
+                    # a tcp socket cannot serve udp, nor the other way round
+                    or (current.listener.protocol == "udp") != (listener.protocol == "udp")
                 ):
                     sockets[listener.name] = _bind_now(listener)
         except StartupError as exc:
@@ -400,6 +431,7 @@ class Engine:
 
     def _swap_listeners(self, new: Config, plan: Plan, sockets: dict[str, socket.socket]) -> None:
         for name in plan.listeners_removed:
+            self._udp.pop(name, None)
             gone = self._accepting.pop(name)
             gone.scope.cancel()  # its connections carry on in the connections nursery
             gone.sock.close()
@@ -407,6 +439,7 @@ class Engine:
             if listener.name not in plan.listeners_added + plan.listeners_changed:
                 continue
             current = self._accepting.pop(listener.name, None)
+            self._udp.pop(listener.name, None)
             sock = sockets.get(listener.name) or (current.sock if current else None)
             assert sock is not None
             if current is not None:
@@ -494,22 +527,24 @@ def _tls_servers(config: Config) -> dict[str, TlsServer]:
 def _bind_now(listener: ListenerConfig) -> socket.socket:
     """Bind a listener's socket without awaiting (a reload runs synchronously)."""
     addr = listener.bind
+    udp = listener.protocol == "udp"
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     try:
-        infos = socket.getaddrinfo(
-            addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        infos = socket.getaddrinfo(addr.host, addr.port, type=kind, flags=socket.AI_PASSIVE)
         family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)
     except OSError as exc:
         raise StartupError(
             f"listener {listener.name!r}: cannot use {addr}: {exc.strerror or exc}"
         ) from None
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not udp:  # for udp it would let two sockets share the port: in use must fail
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        sock.listen(socket.SOMAXCONN)
+        if not udp:
+            sock.listen(socket.SOMAXCONN)
     except OSError as exc:
         sock.close()
         reason = (exc.strerror or str(exc)).lower()
