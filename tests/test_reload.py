@@ -8,6 +8,7 @@ from pathlib import Path
 import h11
 import pytest
 import trio
+import trio.testing
 
 from tests.conftest import (
     close_cleanly,
@@ -251,3 +252,24 @@ async def test_ten_reloads_under_http_load_lose_no_request(nursery, tmp_path):
                 await _write(path, http_conf(ports[:2] if i % 2 else ports, 15 + i % 2))
                 assert run.engine.reload_from_file().startswith("reloaded")
     assert statuses == [200] * 120
+
+
+async def test_a_reload_right_after_another_replaces_a_loop_that_never_ran(nursery, tmp_path):
+    """Two reloads with no checkpoint between: the accept loop the first one started has not
+    run when the second closes its socket; that must not fail the engine."""
+    server = await start_server(nursery, named, "one")
+    path = tmp_path / "tuilb.conf"
+    path.write_text(conf([server.port]))
+    run = await start_engine(nursery, load(path))
+    path.write_text(conf([server.port], pump="splice"))  # a new proxy on the same socket
+    run.engine.reload_from_file()
+    path.write_text(conf([server.port], pump="splice", bind="127.0.0.2:0"))  # a new socket
+    run.engine.reload_from_file()
+    with trio.fail_after(5):
+        await trio.testing.wait_all_tasks_blocked()
+    port = next(b.port for b in run.engine.bound)
+    sock = trio.socket.socket()
+    with sock:
+        await sock.connect(("127.0.0.2", port))
+        assert await recv_line(sock) == b"one\n"
+    assert not run.stopped.is_set()

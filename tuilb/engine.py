@@ -281,6 +281,10 @@ class Engine:
         conns = self._conns
 
         async def accepting() -> None:
+            # A reload may have replaced this loop (and closed its socket) before it ever
+            # ran: accept() on that socket would fail before the cancellation lands.
+            if scope.cancel_called:
+                return
             with scope:
                 await self._accept_loop(listener, sock, proxy, conns)
 
