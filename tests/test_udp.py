@@ -160,6 +160,8 @@ async def test_flows_beyond_max_flows_are_refused(nursery):
     assert waited.cancelled_caught
     assert await a.backend_of() == "b1"  # existing flows still pass
     assert active(running.model, "b1") == 2
+    (listener,) = running.model.snapshot().listeners  # in the snapshot for the dashboard/API
+    assert (listener.flows, listener.flows_refused) == (2, 1)
     for x in (a, b, c):
         x.close()
     running.engine.request_shutdown()
@@ -195,6 +197,7 @@ async def test_a_dead_backends_flow_moves(nursery, how):
     assert await client.backend_of() == "b2"
     assert await client.backend_of() == "b2"
     assert proxy(running).table.moved == 1
+    assert running.model.snapshot().listeners[0].flows_moved == 1
     assert active(running.model, "b1") == 0 and active(running.model, "b2") == 1
     client.close()
     running.engine.request_shutdown()

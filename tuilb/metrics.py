@@ -64,6 +64,10 @@ class ModelCollector:
             f["listener_errors"].add_metric([stats.name], stats.errors)
             f["listener_proxy_rejected"].add_metric([stats.name], stats.proxy_rejected)
             f["listener_sni_rejected"].add_metric([stats.name], stats.sni_rejected)
+            f["udp_flows"].add_metric([stats.name], stats.flows)
+            f["udp_flows_refused"].add_metric([stats.name], stats.flows_refused)
+            f["udp_flows_moved"].add_metric([stats.name], stats.flows_moved)
+            f["udp_unrouted"].add_metric([stats.name], stats.unrouted)
         yield from f.values()
 
 
@@ -129,6 +133,25 @@ _SPECS: dict[str, tuple[str, str, str, list[str]]] = {
         "counter",
         "listener_sni_rejected",
         "Connections closed for their TLS ClientHello.",
+        ["listener"],
+    ),
+    "udp_flows": ("gauge", "listener_udp_flows", "UDP flows now.", ["listener"]),
+    "udp_flows_refused": (
+        "counter",
+        "listener_udp_flows_refused",
+        "UDP flows refused for max_flows.",
+        ["listener"],
+    ),
+    "udp_flows_moved": (
+        "counter",
+        "listener_udp_flows_moved",
+        "UDP flows moved off a backend that could not keep them.",
+        ["listener"],
+    ),
+    "udp_unrouted": (
+        "counter",
+        "listener_udp_unrouted_datagrams",
+        "UDP datagrams dropped for want of a usable backend.",
         ["listener"],
     ),
 }

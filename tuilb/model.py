@@ -219,6 +219,10 @@ class ListenerStats:
     route_hits: dict[int, int] = field(default_factory=dict)  # route index -> requests
     default_hits: int = 0  # requests no route matched (the listener's pool, or a 404)
     proxy_rejected: int = 0  # accept_proxy: connections closed for their PROXY header
+    flows: int = 0  # UDP: flows now
+    flows_refused: int = 0  # UDP: new flows refused for max_flows
+    flows_moved: int = 0  # UDP: flows moved off a backend that could not keep them
+    unrouted: int = 0  # UDP: datagrams dropped for want of a usable backend
     sni_rejected: int = 0  # sni_routes: closed for their ClientHello (late, bad, no route)
 
 
@@ -231,6 +235,10 @@ class ListenerSnapshot:
     default_hits: int = 0
     proxy_rejected: int = 0
     sni_rejected: int = 0
+    flows: int = 0
+    flows_refused: int = 0
+    flows_moved: int = 0
+    unrouted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +387,12 @@ class Model:
     def proxy_rejected(self, listener: str) -> None:
         """A connection to `listener` was closed for its PROXY header (or its source)."""
         self._listener(listener).proxy_rejected += 1
+
+    def udp_flows(self, listener: str, flows: int, refused: int, moved: int, unrouted: int) -> None:
+        """UDP: the listener's flow table counters, mirrored when they change."""
+        stats = self._listener(listener)
+        stats.flows, stats.flows_refused = flows, refused
+        stats.flows_moved, stats.unrouted = moved, unrouted
 
     def sni_rejected(self, listener: str) -> None:
         """A connection to `listener` was closed for its TLS ClientHello (or no route)."""
@@ -572,6 +586,10 @@ class Model:
                     x.default_hits,
                     x.proxy_rejected,
                     x.sni_rejected,
+                    x.flows,
+                    x.flows_refused,
+                    x.flows_moved,
+                    x.unrouted,
                 )
                 for x in self.listeners.values()
             ),

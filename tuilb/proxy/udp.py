@@ -108,7 +108,10 @@ class UdpProxy:
         outcome = routed.outcome
         if outcome is Outcome.SAME:
             assert flow is not None
-        elif outcome is Outcome.NEW:
+            self._send(flow, data)
+            return
+        self._mirror()  # the table changed: its counters go to the model
+        if outcome is Outcome.NEW:
             assert flow is not None
             self._begin(flow, peer)
         elif outcome is Outcome.MOVED:
@@ -127,6 +130,12 @@ class UdpProxy:
             self._error("no_backend", None, f"pool {self.pool.name!r}: no usable backend")
             return
         self._send(flow, data)
+
+    def _mirror(self) -> None:
+        table = self.table
+        self.model.udp_flows(
+            self.listener.name, len(table), table.refused, table.moved, table.unrouted
+        )
 
     def _begin(self, flow: Flow, peer: tuple[Any, ...]) -> None:
         backend = flow.backend
@@ -236,5 +245,8 @@ class UdpProxy:
         interval = min(1.0, self.table.idle / 4)
         while True:
             await trio.sleep(interval)
-            for flow in self.table.expire():
+            expired = self.table.expire()
+            for flow in expired:
                 self._end(flow)
+            if expired:
+                self._mirror()

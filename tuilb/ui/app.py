@@ -262,6 +262,15 @@ class TuilbApp(App[int]):
                 listeners.append(f" {stats.proxy_rejected} PROXY rejected", style="bold red")
             if stats is not None and stats.sni_rejected:
                 listeners.append(f" {stats.sni_rejected} hello rejected", style="bold red")
+            if stats is not None and listener.protocol == "udp":
+                listeners.append(f" {stats.flows} flows")
+                for count, what in (
+                    (stats.flows_refused, "refused"),
+                    (stats.flows_moved, "moved"),
+                    (stats.unrouted, "unrouted"),
+                ):
+                    if count:
+                        listeners.append(f" {count} {what}", style="bold yellow")
         active = sum(b.active_connections for p in snap.pools for b in p.backends)
         totals = self.tracker.totals
         line = Text.assemble(
