@@ -621,3 +621,69 @@ async def test_disabled_is_not_checked_draining_is_and_enable_checks_at_once(aut
         await trio.sleep(2.5)
         assert len(script.times(9002)) == before[9002] + 3
         engine.request_shutdown()
+
+
+# -- UDP probes ------------------------------------------------------------------------------
+
+
+async def udp_responder(nursery: trio.Nursery, reply: bytes | None) -> int:
+    """A UDP socket that answers every datagram with `reply` (None: never answers)."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+
+    async def serve() -> None:
+        with sock:
+            while True:
+                _, peer = await sock.recvfrom(2048)
+                if reply is not None:
+                    await sock.sendto(reply, peer)
+
+    nursery.start_soon(serve)
+    return int(sock.getsockname()[1])
+
+
+def udp_check(**options: Any) -> HealthConfig:
+    return HealthConfig(type="udp", **{"timeout": 0.5, **options})
+
+
+async def test_udp_probe_passes_on_a_reply(nursery):
+    port = await udp_responder(nursery, b"pong from the backend")
+    result = await probe(Address("127.0.0.1", port), udp_check(expect="pong"))
+    assert (result.ok, result.reason) == (True, "reply of 21 bytes")
+
+
+async def test_udp_probe_reply_mismatch(nursery):
+    port = await udp_responder(nursery, b"nope")
+    result = await probe(Address("127.0.0.1", port), udp_check(expect="pong"))
+    assert (result.ok, result.reason) == (False, "reply mismatch")
+
+
+async def test_udp_probe_times_out_without_a_reply(nursery):
+    port = await udp_responder(nursery, None)
+    result = await probe(Address("127.0.0.1", port), udp_check(timeout=0.2))
+    assert (result.ok, result.reason) == (False, "timeout")
+
+
+async def test_udp_probe_sees_a_closed_port():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now: the kernel answers with ICMP
+    result = await probe(Address("127.0.0.1", port), udp_check())
+    assert (result.ok, result.reason) == (False, "port unreachable")
+
+
+def test_udp_check_config() -> None:
+    from tuilb.config import parse
+    from tuilb.errors import ConfigError
+
+    base = (
+        '[[listeners]]\nname = "dns"\nbind = "127.0.0.1:0"\nprotocol = "udp"\npool = "app"\n'
+        '[pools.app]\n[[pools.app.backends]]\nname = "b"\naddress = "127.0.0.1:53"\n'
+    )
+    config = parse(base + '[pools.app.health]\ntype = "udp"\nsend = "hi"\nexpect = "yo"\n', "<t>")
+    health = config.pools["app"].health
+    assert (health.type, health.send, health.expect) == ("udp", "hi", "yo")
+    with pytest.raises(ConfigError) as info:
+        parse(base + '[pools.app.health]\ntype = "tcp"\nsend = "hi"\n', "<t>")
+    assert 'applies to type = "udp" checks only' in str(info.value.problems[0])

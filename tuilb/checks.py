@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import random
+import socket
 
 import h11
 import trio
@@ -50,6 +51,9 @@ async def probe(address: Address, config: HealthConfig) -> CheckResult:
     target = Address(address.host, config.port or address.port)
     try:
         with trio.fail_after(config.timeout):
+            if config.type == "udp":
+                ok, reason = await _udp(target, config)
+                return CheckResult(ok, reason, trio.current_time() - start)
             stream = await trio.open_tcp_stream(target.host, target.port)
             async with stream:
                 if config.type == "http":
@@ -66,6 +70,23 @@ async def probe(address: Address, config: HealthConfig) -> CheckResult:
     except trio.BrokenResourceError:
         ok, reason = False, "connection reset"
     return CheckResult(ok, reason, trio.current_time() - start)
+
+
+async def _udp(target: Address, config: HealthConfig) -> tuple[bool, str]:
+    """Send `config.send` in a datagram and wait for a reply (the caller bounds the wait).
+    A closed port answers with ICMP, which a connected UDP socket reports as refused."""
+    infos = await trio.socket.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
+    family, _, _, _, sockaddr = infos[0]
+    with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+        await sock.connect(sockaddr)
+        await sock.send(config.send.encode())
+        try:
+            reply = await sock.recv(65536)
+        except ConnectionRefusedError:
+            return False, "port unreachable"
+    if config.expect is not None and config.expect.encode() not in reply:
+        return False, "reply mismatch"
+    return True, f"reply of {len(reply)} bytes"
 
 
 async def _http(stream: trio.SocketStream, config: HealthConfig, host: str) -> tuple[bool, str]:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from tuilb.config import _Checker
     from tuilb.tomlpos import Path as KeyPath
 
-CHECK_TYPES = ("tcp", "http", "none")
+CHECK_TYPES = ("tcp", "http", "udp", "none")
 StatusRanges = tuple[tuple[int, int], ...]
 _STATUS = re.compile(r"^\s*([1-5]\d\d)\s*(?:-\s*([1-5]\d\d)\s*)?$")
 _HOST_HEADER = re.compile(r"^[A-Za-z0-9_.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
@@ -32,6 +32,8 @@ class HealthConfig:
     rise: int = 2
     fall: int = 3
     port: int | None = None  # check this port instead of the backend's own
+    send: str = "ping"  # udp: the datagram sent
+    expect: str | None = None  # udp: text the reply must contain (any reply when unset)
 
     @property
     def active(self) -> bool:
@@ -87,6 +89,16 @@ def check_health(checker: _Checker, value: object, path: KeyPath) -> HealthConfi
         checker.problem(
             (*path, http_only[0]), f'{http_only[0]!r} applies to type = "http" checks only'
         )
+    udp_only = [k for k in ("send", "expect") if k in table]
+    if kind != "udp" and udp_only:
+        checker.problem(
+            (*path, udp_only[0]), f'{udp_only[0]!r} applies to type = "udp" checks only'
+        )
+    send = checker.get(table, "send", path, str, d.send)
+    if not send or len(send.encode()) > 1024:
+        checker.problem((*path, "send"), "send 1 to 1024 bytes")
+        send = d.send
+    expect = checker.get(table, "expect", path, str, None) or None
     check_path = checker.get(table, "path", path, str, d.path)
     if not check_path.startswith("/") or any(c.isspace() or ord(c) < 32 for c in check_path):
         checker.problem((*path, "path"), f"{check_path!r} must start with '/' and hold no spaces")
@@ -132,6 +144,8 @@ def check_health(checker: _Checker, value: object, path: KeyPath) -> HealthConfi
         rise=rise,
         fall=fall,
         port=port,
+        send=send,
+        expect=expect,
     )
 
 
