@@ -147,7 +147,7 @@ BAD: list[tuple[str, str, list[Expected]]] = [
     (
         "unknown check type",
         '[pools.app.health]\ntype = "icmp"  #@t\n',
-        [(f"{P}.health.type", "'icmp' is not one of: tcp, http, none", "t")],
+        [(f"{P}.health.type", "'icmp' is not one of: tcp, http, udp, none", "t")],
     ),
     (
         "http-only keys on a tcp check",
