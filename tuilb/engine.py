@@ -210,7 +210,7 @@ class Engine:
         out: list[tuple[ListenerConfig, socket.socket]] = []
         try:
             for listener in self.config.listeners:
-                sock = await self._bind(listener)
+                sock = _bind_now(listener)
                 out.append((listener, sock))
                 host, port = sock.getsockname()[:2]
                 self.bound.append(Bound(listener.name, host, port))
@@ -225,9 +225,6 @@ class Engine:
                 sock.close()
             raise
         return out
-
-    async def _bind(self, listener: ListenerConfig) -> socket.socket:
-        return _bind_now(listener)
 
     def _proxy(self, listener: ListenerConfig) -> TcpProxy | HttpProxy:
         if listener.protocol == "http":

@@ -16,6 +16,7 @@ a body has gone out, so a POST is never repeated.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -313,8 +314,6 @@ class HttpProxy:
     def _trusted(self, client_ip: str) -> bool:
         if not self.trusted or not client_ip:
             return False
-        import ipaddress
-
         try:
             address = ipaddress.ip_address(client_ip)
         except ValueError:
