@@ -28,8 +28,9 @@ from tuilb import proxyproto
 from tuilb.balance import Balancer
 from tuilb.config import Config, ListenerConfig
 from tuilb.httpconf import RouteConfig
+from tuilb.l7 import fastpath, rules
 from tuilb.l7 import route as routing
-from tuilb.l7 import rules
+from tuilb.l7.shared import IDEMPOTENT, ClientGone, Fail, Req, Retry, receive_until, send_client
 from tuilb.l7.stream import SocketStream, Stream, TimedSend
 from tuilb.l7.tls import TlsServer
 from tuilb.l7.upstream import MAX_RESPONSE_HEAD, Upstream, UpstreamPool
@@ -39,40 +40,9 @@ from tuilb.proxy.l4 import LocalError, Origin, client_origin, connect_socket, de
 
 DISCARD_LIMIT = 65536  # an unwanted request body read past to keep the connection
 CONNECT_TRIES = 3  # the first attempt and two retries on other backends
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # The client connection's (source, destination), for PROXY headers toward backends; set by
 # handle() in the task that serves the connection.
 _ORIGIN: contextvars.ContextVar[Origin] = contextvars.ContextVar("origin", default=(None, None))
-
-
-class _Fail(Exception):
-    """End this exchange with an error response (if none was started) and close."""
-
-    def __init__(self, status: int, detail: str = "") -> None:
-        self.status = status
-        self.detail = detail
-
-
-class _Retry(Exception):
-    """A pooled connection was dead before any response byte: try a fresh one."""
-
-
-class _ClientGone(Exception):
-    pass
-
-
-class _Req:
-    """What the access log says about one request."""
-
-    __slots__ = ("backend", "bytes", "method", "path", "start", "status")
-
-    def __init__(self, method: bytes, path: bytes, start: float) -> None:
-        self.method = method
-        self.path = path
-        self.start = start
-        self.status = 0  # 0: no response was sent (the client went away first)
-        self.bytes = 0  # response body bytes sent to the client
-        self.backend = ""
 
 
 class HttpProxy:
@@ -101,6 +71,7 @@ class HttpProxy:
         self._own_host = str(listener.bind).encode()
         self.clients = 0  # open client connections
         self.closing = False  # shutdown began: finish what is in flight, keep nothing alive
+        self.fast = True  # ordinary requests skip h11 (fastpath.py); tests turn it off
         self._idle_clients: set[trio.CancelScope] = set()
         self.proxy_rejected = 0  # accept_proxy: connections closed for their PROXY header
         self._origin_needed = bool(listener.accept_proxy) or any(
@@ -124,7 +95,6 @@ class HttpProxy:
     async def handle(self, sock: socket.socket, peer: Any) -> None:
         client_ip = str(peer[0]) if isinstance(peer, tuple) else ""
         stream: Stream = SocketStream(sock, self.timeouts.body)
-        server = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.clients += 1
         try:
             if self._origin_needed:
@@ -143,18 +113,8 @@ class HttpProxy:
                 if secured is None:
                     return
                 stream = TimedSend(secured, self.timeouts.body)
-            first = True
-            while not self.closing or first:
-                request = await self._read_request(stream, server, first)
-                if request is None:
-                    return
-                if not await self._exchange(stream, server, request, client_ip):
-                    return
-                if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
-                    return
-                server.start_next_cycle()
-                first = False
-        except (OSError, _ClientGone, trio.TooSlowError):
+            await self._serve_connection(stream, client_ip)
+        except (OSError, ClientGone, trio.TooSlowError):
             pass  # the client went away or stalled; nothing left to tell it
         except Exception as exc:  # one connection must never end the engine
             self._error("connection_error", None, f"internal error: {exc!r}")
@@ -162,17 +122,70 @@ class HttpProxy:
             self.clients -= 1
             sock.close()
 
+    async def _serve_connection(self, stream: Stream, client_ip: str) -> None:
+        """Requests one after another until either side ends the connection. Each request
+        whose head is complete in what arrived and ordinary goes the fast path (fast.py,
+        fastpath.py); any other goes through h11 with the bytes received so far."""
+        pending = b""  # received, not yet part of a request (pipelined bytes included)
+        first = True
+        while not self.closing or first:
+            if not pending:
+                pending = await self._next_bytes(stream, first)
+                if not pending:
+                    return  # end of stream, keep-alive timeout or shutdown
+            head = fastpath.parse(pending) if self.fast else None
+            if head is not None:
+                outcome = await fastpath.exchange(self, stream, head, pending, client_ip)
+                if outcome is None:
+                    return
+                if isinstance(outcome, bytes):
+                    pending = outcome
+                    first = False
+                    continue
+            server = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
+            )
+            request = await self._read_request(stream, server, pending)
+            if request is None:
+                return
+            if not await self._exchange(stream, server, request, client_ip):
+                return
+            if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
+                return
+            pending, closed = server.trailing_data
+            pending = bytes(pending)
+            if closed and not pending:
+                return
+            first = False
+
+    async def _next_bytes(self, stream: Stream, first: bool) -> bytes:
+        """The first bytes of the next request: within `request_headers` for a connection's
+        first request, `keepalive` for later ones; b"" when none came (or shutdown began)."""
+        if isinstance(stream, SocketStream):
+            data = stream.receive_nowait()  # a busy client's next request is often here
+            if data is not None:
+                return data
+        wait = self.timeouts.request_headers if first else self.timeouts.keepalive
+        return await self._receive_idle(stream, trio.current_time() + wait, idle=True) or b""
+
     async def _read_request(
-        self, stream: Stream, server: h11.Connection, first: bool
+        self, stream: Stream, server: h11.Connection, data: bytes
     ) -> h11.Request | None:
-        """The next request head, or None when the client is done (or was answered with
-        an error and must be closed)."""
+        """The request head that `data` (the first bytes received) begins, through h11; None
+        when the client is done (or was answered with an error and must be closed)."""
         limit = self.limits.max_request_line
         line_bytes = 0  # bytes of this request seen before its first newline
         line_done = False
-        started = False
         deadline = trio.current_time() + self.timeouts.request_headers
         while True:
+            if not line_done:
+                newline = data.find(b"\n")
+                line_done = newline >= 0
+                line_bytes += newline if line_done else len(data)
+                if line_bytes > limit:
+                    await self._send_error(stream, server, 414, "request line too long")
+                    return None
+            server.receive_data(data)
             try:
                 event = server.next_event()
             except h11.RemoteProtocolError as exc:
@@ -182,27 +195,11 @@ class HttpProxy:
                 return event
             if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
                 return None
-            # NEED_DATA: the first byte of a later request may wait `keepalive`.
-            if not started and not first:
-                wait_until = trio.current_time() + self.timeouts.keepalive
-            else:
-                wait_until = deadline
-            data = await self._receive_idle(stream, wait_until, idle=not started)
-            if data is None:  # timed out
-                if started:
-                    await self._send_error(stream, server, 408, "request head too slow")
+            received = await self._receive_idle(stream, deadline, idle=False)
+            if received is None:  # timed out
+                await self._send_error(stream, server, 408, "request head too slow")
                 return None
-            if not started:
-                started = True
-                deadline = trio.current_time() + self.timeouts.request_headers
-            if not line_done:
-                newline = data.find(b"\n")
-                line_done = newline >= 0
-                line_bytes += newline if line_done else len(data)
-                if line_bytes > limit:
-                    await self._send_error(stream, server, 414, "request line too long")
-                    return None
-            server.receive_data(data)
+            data = received
 
     async def _receive_idle(self, stream: Stream, until: float, idle: bool) -> bytes | None:
         scope = trio.CancelScope(deadline=until)
@@ -222,14 +219,14 @@ class HttpProxy:
         self, stream: Stream, server: h11.Connection, request: h11.Request, client_ip: str
     ) -> bool:
         """Serve one request; False when the client connection must close."""
-        req = _Req(request.method, request.target, trio.current_time())
+        req = Req(request.method, request.target, trio.current_time())
         try:
             return await self._serve(stream, server, request, client_ip, req)
         finally:
             if self.access is not None:
                 self._access_line(client_ip, req)
 
-    def _access_line(self, client_ip: str, req: _Req) -> None:
+    def _access_line(self, client_ip: str, req: Req) -> None:
         assert self.access is not None
         self.access(
             "request",
@@ -249,7 +246,7 @@ class HttpProxy:
         server: h11.Connection,
         request: h11.Request,
         client_ip: str,
-        req: _Req,
+        req: Req,
     ) -> bool:
         headers = list(request.headers)
         problem = rules.check_request(
@@ -307,7 +304,7 @@ class HttpProxy:
                 req,
                 bool(length) or body == "chunked",
             )
-        except _Fail as fail:
+        except Fail as fail:
             await self._send_error(stream, server, fail.status, fail.detail, req, close=True)
             return False
 
@@ -328,7 +325,7 @@ class HttpProxy:
         request: h11.Request,
         client_ip: str,
         max_body: int,
-        req: _Req,
+        req: Req,
         has_body: bool,
     ) -> bool:
         may_retry = request.method in IDEMPOTENT and not has_body
@@ -341,13 +338,13 @@ class HttpProxy:
                 sent_at = trio.current_time()
                 await self._pass_request(stream, server, upstream, request, max_body, resend)
                 response = await self._response_head(upstream)
-            except _Retry:
+            except Retry:
                 self.model.connection_ended(backend)
                 upstream.close()
                 if may_retry:
                     may_retry, resend = False, True
                     continue
-                raise _Fail(502, "the backend closed the connection") from None
+                raise Fail(502, "the backend closed the connection") from None
             except BaseException:
                 self.model.connection_ended(backend)
                 upstream.close()
@@ -370,7 +367,7 @@ class HttpProxy:
         if pool.config.send_proxy:
             upstream.close()  # its PROXY header spoke for this client: never for another
         else:
-            self.upstreams.give(upstream, trio.current_time())
+            self.upstreams.give(upstream, trio.current_time(), upstream.clean)
         return keep
 
     async def _tunnel(
@@ -379,7 +376,7 @@ class HttpProxy:
         server: h11.Connection,
         upstream: Upstream,
         response: h11.InformationalResponse,
-        req: _Req,
+        req: Req,
     ) -> None:
         """After a 101: pass the switch on, then copy raw bytes both ways until either side
         ends (WebSocket and other upgrades). Idle for `timeouts.idle`: closed."""
@@ -390,12 +387,12 @@ class HttpProxy:
         try:
             data = server.send(switch)
         except h11.LocalProtocolError:
-            raise _Fail(502, "the backend switched protocols unasked") from None
-        await _send(stream, data)
+            raise Fail(502, "the backend switched protocols unasked") from None
+        await send_client(stream, data)
         # Bytes that came in behind the heads belong to the new protocol.
         client_extra, backend_extra = server.trailing_data[0], upstream.conn.trailing_data[0]
         if backend_extra:
-            await _send(stream, backend_extra)
+            await send_client(stream, backend_extra)
         if client_extra:
             await upstream.stream.send(client_extra)
         idle = self.timeouts.idle
@@ -427,9 +424,9 @@ class HttpProxy:
             if backend is None:
                 self.model.refused(pool)
                 if failures:
-                    raise _Fail(502, "no backend accepted the connection")
+                    raise Fail(502, "no backend accepted the connection")
                 self._error("no_backend", None, f"no usable backend in pool {pool.name!r}")
-                raise _Fail(503, f"no usable backend in pool {pool.name!r}")
+                raise Fail(503, f"no usable backend in pool {pool.name!r}")
             self.model.connection_started(backend)
             # Always peeked, even for a request that could be retried: stray bytes (a 408 a
             # server sends before closing an idle connection) would otherwise be taken as
@@ -442,13 +439,13 @@ class HttpProxy:
                 sock = await connect_socket(backend, self.timeouts.connect, _header(pool))
             except LocalError:
                 self.model.connection_aborted(backend)
-                raise _Fail(503, "out of file descriptors") from None
+                raise Fail(503, "out of file descriptors") from None
             except (OSError, trio.TooSlowError) as exc:
                 self.model.connection_aborted(backend, describe(exc))
                 self._error("connect_failed", backend, describe(exc))
                 failures += 1
                 if failures >= CONNECT_TRIES:
-                    raise _Fail(502, "no backend accepted the connection") from None
+                    raise Fail(502, "no backend accepted the connection") from None
                 continue
             except BaseException:
                 self.model.connection_aborted(backend)
@@ -478,7 +475,7 @@ class HttpProxy:
             try:
                 event = server.next_event()
             except h11.RemoteProtocolError as exc:
-                raise _Fail(exc.error_status_hint, str(exc)) from None
+                raise Fail(exc.error_status_hint, str(exc)) from None
             if event is h11.NEED_DATA:
                 if pending:
                     await self._to_backend(upstream, pending, first)
@@ -487,76 +484,79 @@ class HttpProxy:
                     # The client (curl, for a body over 1 MiB) holds the body back until
                     # told to go on: say so, as nginx does, rather than let it time out.
                     go_on = h11.InformationalResponse(status_code=100, headers=[])
-                    await _send(stream, server.send(go_on))
-                data = await _receive_until(stream, trio.current_time() + self.timeouts.body)
+                    await send_client(stream, server.send(go_on))
+                data = await receive_until(stream, trio.current_time() + self.timeouts.body)
                 if data is None:
-                    raise _Fail(408, "request body too slow")
+                    raise Fail(408, "request body too slow")
                 server.receive_data(data)
             elif isinstance(event, h11.Data):
                 sent += len(event.data)
                 if max_body and sent > max_body:
-                    raise _Fail(413, f"body over {max_body} bytes")
+                    raise Fail(413, f"body over {max_body} bytes")
                 pending.append(conn.send(event) or b"")
             elif isinstance(event, h11.EndOfMessage):
                 pending.append(conn.send(h11.EndOfMessage()) or b"")
                 await self._to_backend(upstream, pending, first)
                 return
             else:
-                raise _ClientGone
+                raise ClientGone
 
     async def _to_backend(self, upstream: Upstream, pending: list[bytes], first: bool) -> None:
         data = b"".join(pending)
         try:
             await upstream.stream.send(data)
         except TimeoutError:  # the backend took none of the request for `timeouts.body`
-            raise _Fail(504, "the backend did not take the request in time") from None
+            raise Fail(504, "the backend did not take the request in time") from None
         except OSError:
             if first and upstream.reused:
-                raise _Retry from None  # a kept-alive connection closed under us
+                raise Retry from None  # a kept-alive connection closed under us
             if not first:
                 self.model.backend_reset(upstream.backend)
-            raise _Fail(502, "the backend closed the connection") from None
+            raise Fail(502, "the backend closed the connection") from None
         upstream.backend.bytes_in += len(data)  # toward the backend, as L4 counts them
 
-    async def _response_head(self, upstream: Upstream) -> h11.Response | h11.InformationalResponse:
+    async def _response_head(
+        self, upstream: Upstream, got_bytes: bool = False
+    ) -> h11.Response | h11.InformationalResponse:
+        """The backend's response head through h11 (`got_bytes`: some of it was received
+        already and fed to h11, so a dead pooled connection is no longer the answer)."""
         conn = upstream.conn
-        got_bytes = False
         deadline = trio.current_time() + self.timeouts.response
         while True:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 if not got_bytes and upstream.reused:
-                    raise _Retry from None
+                    raise Retry from None
                 self.model.backend_reset(upstream.backend)
-                raise _Fail(502, f"bad response from the backend: {exc}") from None
+                raise Fail(502, f"bad response from the backend: {exc}") from None
             if isinstance(event, h11.Response):
                 size = sum(len(name) + len(value) + 4 for name, value in event.headers)
                 if size > MAX_RESPONSE_HEAD:  # however the bytes happened to arrive
-                    raise _Fail(502, f"the backend's response head is over {MAX_RESPONSE_HEAD}")
+                    raise Fail(502, f"the backend's response head is over {MAX_RESPONSE_HEAD}")
                 return event
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     return event  # the backend took the upgrade: a tunnel follows
                 continue  # 100 Continue and friends: our client gets the final answer
             if isinstance(event, h11.ConnectionClosed):
-                raise _Retry if upstream.reused else _Fail(502, "backend closed early")
+                raise Retry if upstream.reused else Fail(502, "backend closed early")
             try:
                 data = await upstream.stream.receive_until(deadline)
             except OSError:
                 if not got_bytes and upstream.reused:
-                    raise _Retry from None
+                    raise Retry from None
                 self.model.backend_reset(upstream.backend)
-                raise _Fail(502, "the backend reset the connection") from None
+                raise Fail(502, "the backend reset the connection") from None
             if data is None:
                 break  # timed out
             if not data and not got_bytes and upstream.reused:
-                raise _Retry
+                raise Retry
             got_bytes = got_bytes or bool(data)
             upstream.backend.bytes_out += len(data)
             conn.receive_data(data)
         self._error("response_timeout", upstream.backend, "no response in time")
-        raise _Fail(504, "the backend did not answer in time")
+        raise Fail(504, "the backend did not answer in time")
 
     async def _pass_response(
         self,
@@ -564,7 +564,7 @@ class HttpProxy:
         server: h11.Connection,
         upstream: Upstream,
         response: h11.Response,
-        req: _Req,
+        req: Req,
     ) -> bool:
         close = self.closing or upstream.backend.admin is not AdminState.READY
         headers = rules.forward_response_headers(list(response.headers), close=close, upgrade=False)
@@ -587,11 +587,11 @@ class HttpProxy:
                 # The backend broke off mid-body: close the client too, so the truncation
                 # shows; a partial response is never made to look complete.
                 self.model.backend_reset(upstream.backend)
-                await _send(stream, b"".join(pending))
-                raise _ClientGone from None
+                await send_client(stream, b"".join(pending))
+                raise ClientGone from None
             if event is h11.NEED_DATA:
                 if pending:
-                    await _send(stream, b"".join(pending))
+                    await send_client(stream, b"".join(pending))
                     pending = []
                 try:
                     data = await upstream.stream.receive_until(trio.current_time() + body_timeout)
@@ -599,7 +599,7 @@ class HttpProxy:
                     data = None
                 if data is None:
                     self.model.backend_reset(upstream.backend)
-                    raise _ClientGone
+                    raise ClientGone
                 upstream.backend.bytes_out += len(data)
                 conn.receive_data(data)
             elif isinstance(event, h11.Data):
@@ -607,14 +607,14 @@ class HttpProxy:
                 pending.append(server.send(event) or b"")
             elif isinstance(event, h11.EndOfMessage):
                 pending.append(server.send(h11.EndOfMessage()) or b"")
-                await _send(stream, b"".join(pending))
+                await send_client(stream, b"".join(pending))
                 return not close and server.our_state is h11.DONE
             else:
-                raise _ClientGone
+                raise ClientGone
 
     # -- errors -----------------------------------------------------------------------------
     async def _refuse(
-        self, stream: Stream, server: h11.Connection, status: int, why: str, req: _Req
+        self, stream: Stream, server: h11.Connection, status: int, why: str, req: Req
     ) -> bool:
         """An error answer that keeps the connection if the request's body (up to
         DISCARD_LIMIT, as nginx discards one) can be read past in time. A client waiting
@@ -646,7 +646,7 @@ class HttpProxy:
         server: h11.Connection,
         status: int,
         detail: str,
-        req: _Req | None = None,
+        req: Req | None = None,
         close: bool = False,
     ) -> None:
         """tuilb's own answer; `close` when the connection ends after it (said in the
@@ -660,7 +660,7 @@ class HttpProxy:
             if req is not None:
                 req.status, req.bytes = status, 0 if head_only else len(body)
             elif self.access is not None:  # no request was parsed: log what we can
-                bad = _Req(b"-", b"-", trio.current_time())
+                bad = Req(b"-", b"-", trio.current_time())
                 bad.status, bad.bytes = status, len(body)
                 self._access_line("-", bad)
         if server.our_state is h11.IDLE:
@@ -694,18 +694,3 @@ def _header(pool: Pool) -> bytes:
     """The PROXY header a new connection to a backend of `pool` starts with (b"": none)."""
     version = pool.config.send_proxy
     return proxyproto.build(version, *_ORIGIN.get()) if version else b""
-
-
-async def _receive_until(stream: Stream, deadline: float) -> bytes | None:
-    """`stream.receive()` by `deadline` (trio time); None when it passed."""
-    with trio.move_on_at(deadline):
-        return await stream.receive()
-    return None
-
-
-async def _send(stream: Stream, data: bytes | None) -> None:
-    if data:
-        try:
-            await stream.send(data)
-        except OSError:
-            raise _ClientGone from None

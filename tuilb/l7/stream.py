@@ -42,6 +42,14 @@ class SocketStream:
             except BlockingIOError:
                 await wait_readable(self.fd)
 
+    def receive_nowait(self) -> bytes | None:
+        """Bytes already waiting (b"" at end of stream), None when there are none yet.
+        Raises OSError on a reset."""
+        try:
+            return self.sock.recv(CHUNK)
+        except BlockingIOError:
+            return None
+
     async def receive_until(self, deadline: float) -> bytes | None:
         """`receive()` by `deadline` (trio time), None when it passed; no timer at all when
         bytes are already waiting (the common case on a busy connection)."""

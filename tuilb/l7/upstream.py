@@ -63,12 +63,14 @@ class UpstreamPool:
             upstream.close()
         return None
 
-    def give(self, upstream: Upstream, now: float) -> None:
-        """Keep `upstream` for another request if its exchange ended cleanly."""
-        if not upstream.clean or upstream.backend.admin is not AdminState.READY:
+    def give(self, upstream: Upstream, now: float, clean: bool) -> None:
+        """Keep `upstream` for another request if its exchange ended `clean`ly (the h11
+        path asks `upstream.clean`; the fast path knows without h11)."""
+        if not clean or upstream.backend.admin is not AdminState.READY:
             upstream.close()  # a draining or disabled backend keeps no idle connection
             return
-        upstream.conn.start_next_cycle()
+        if upstream.conn.our_state is h11.DONE:  # the exchange went through h11
+            upstream.conn.start_next_cycle()
         idle = self._idle.setdefault(upstream.backend, [])
         if len(idle) >= self.keep:
             idle.pop(0).close()
