@@ -27,6 +27,7 @@ from tuilb import admin, balance, metrics, reload, state
 from tuilb.checks import HealthService
 from tuilb.config import Config, ListenerConfig, load
 from tuilb.errors import CommandError, ConfigError, StartupError
+from tuilb.l7.timers import Timers
 from tuilb.log import BatchLog, Log, RateLimit, StreamLog, null_log
 from tuilb.model import Backend, Event, Model
 from tuilb.proxy.l4 import FD_ERRNOS, Connection, TcpProxy
@@ -92,6 +93,7 @@ class Engine:
         self._capacity = {name: trio.lowlevel.ParkingLot() for name in config.pools}
         self.health = HealthService(self.model)
         self._http: list[HttpProxy] = []
+        self.timers = Timers()  # the HTTP proxies' timeouts, swept (tuilb/l7/timers.py)
         self._tcp: list[TcpProxy] = []
         self._udp: dict[str, UdpProxy] = {}  # udp listeners' proxies, by listener
         # Per listener name: its config, socket and the cancel scope of its accept loop.
@@ -153,6 +155,7 @@ class Engine:
             self._restore_state()
             async with trio.open_nursery() as services:
                 services.start_soon(self._sweep_idle)
+                services.start_soon(self.timers.run, self._shortest_http_timeout)
                 self._services = services
                 if self.health.needed:
                     services.start_soon(self._run_health)
@@ -237,6 +240,7 @@ class Engine:
                 self._balancers,
                 self._on_error,
                 self._tls.get(listener.name),
+                self.timers,
             )
             if self.access_log and listener.http.access_log:
                 http.access = self._access
@@ -350,6 +354,10 @@ class Engine:
         while True:
             await trio.sleep(0.2)
             batch.flush()
+
+    def _shortest_http_timeout(self) -> float:
+        t = self.config.timeouts
+        return min(t.request_headers, t.keepalive, t.response, t.body)
 
     async def _sweep_idle(self) -> None:
         """Close tunnels that moved nothing for `idle` seconds (no per-chunk timer cost)."""

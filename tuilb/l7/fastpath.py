@@ -34,7 +34,8 @@ from tuilb.l7.shared import (
     receive_until,
     send_client,
 )
-from tuilb.l7.stream import Stream
+from tuilb.l7.stream import SocketStream, Stream
+from tuilb.l7.timers import Watch
 from tuilb.l7.upstream import MAX_RESPONSE_HEAD, Upstream
 from tuilb.model import AdminState, Backend, Pool
 
@@ -99,7 +100,12 @@ def _plan(proxy: HttpProxy, head: fast.RequestHead, client_ip: str) -> _Plan | N
 
 
 async def exchange(
-    proxy: HttpProxy, stream: Stream, head: fast.RequestHead, data: bytes, client_ip: str
+    proxy: HttpProxy,
+    stream: Stream,
+    head: fast.RequestHead,
+    data: bytes,
+    client_ip: str,
+    watch: Watch,
 ) -> bytes | _Declined | None:
     """Serve the request `data` begins with. Returns the bytes received past it (the next
     request's beginning) when the connection stays open, None when it must close, DECLINED
@@ -110,7 +116,7 @@ async def exchange(
     proxy.model.route_hit(proxy.listener.name, plan.route)
     req = Req(head.method, head.target, trio.current_time())
     try:
-        return await _forward(proxy, stream, head, plan, data, client_ip, req)
+        return await _forward(proxy, stream, head, plan, data, client_ip, req, watch)
     except Fail as fail:
         await _refuse(proxy, stream, fail.status, fail.detail, req)
         return None
@@ -127,6 +133,7 @@ async def _forward(
     data: bytes,
     client_ip: str,
     req: Req,
+    watch: Watch,
 ) -> bytes | None:
     model = proxy.model
     length = head.length or 0
@@ -142,8 +149,8 @@ async def _forward(
             sent_at = trio.current_time()
             await proxy._to_backend(upstream, [plan.head, body], first=True)
             if len(body) < length:
-                after = await _pass_body(proxy, stream, upstream, length - len(body))
-            parsed, received = await _response_head(proxy, upstream, sent_at, is_head)
+                after = await _pass_body(proxy, stream, upstream, length - len(body), watch)
+            parsed, received = await _response_head(proxy, upstream, sent_at, is_head, watch)
             if parsed is fast.SLOW:
                 response = await _h11_response(proxy, upstream, head, received)
                 status = response.status_code
@@ -168,9 +175,9 @@ async def _forward(
         req.backend = backend.target
         close = head.close or proxy.closing or backend.admin is not AdminState.READY
         if isinstance(parsed, fast.ResponseHead):
-            clean = await _relay(proxy, stream, upstream, parsed, received, close, req)
+            clean = await _relay(proxy, stream, upstream, parsed, received, close, req, watch)
         else:
-            clean = await _relay_h11(proxy, stream, upstream, response, is_head, close, req)
+            clean = await _relay_h11(proxy, stream, upstream, response, is_head, close, req, watch)
     except BaseException:
         model.connection_ended(backend)
         upstream.close()
@@ -184,12 +191,25 @@ async def _forward(
     return None if close else after
 
 
-async def _pass_body(proxy: HttpProxy, stream: Stream, upstream: Upstream, left: int) -> bytes:
+async def _receive(
+    proxy: HttpProxy, stream: Stream, watch: Watch, deadline: float, wait_first: bool = False
+) -> bytes | None:
+    """`stream`'s next bytes by `deadline` (None: it passed); timed by the engine's swept
+    timers on a plain socket, by a cancel scope otherwise (TLS)."""
+    timers = proxy.timers
+    if timers is not None and type(stream) is SocketStream:
+        return await timers.receive(stream, watch, deadline, wait_first)
+    return await receive_until(stream, deadline)
+
+
+async def _pass_body(
+    proxy: HttpProxy, stream: Stream, upstream: Upstream, left: int, watch: Watch
+) -> bytes:
     """Copy the rest of a Content-Length body to the backend; the bytes past it."""
     timeout = proxy.timeouts.body
     data = part = b""
     while left:
-        received = await receive_until(stream, trio.current_time() + timeout)
+        received = await _receive(proxy, stream, watch, trio.current_time() + timeout)
         if received is None:
             raise Fail(408, "request body too slow")
         if not received:
@@ -202,7 +222,7 @@ async def _pass_body(proxy: HttpProxy, stream: Stream, upstream: Upstream, left:
 
 
 async def _response_head(
-    proxy: HttpProxy, upstream: Upstream, sent_at: float, head_request: bool
+    proxy: HttpProxy, upstream: Upstream, sent_at: float, head_request: bool, watch: Watch
 ) -> tuple[fast.ResponseHead | fast._Slow, bytes]:
     """Read until the response head is complete: (what fast.parse_response made of it, the
     bytes received)."""
@@ -211,7 +231,7 @@ async def _response_head(
     received = b""
     while True:
         try:
-            data = await upstream.stream.receive_until(deadline)
+            data = await _receive(proxy, upstream.stream, watch, deadline, not received)
         except OSError:
             if not received and upstream.reused:
                 raise Retry from None
@@ -245,6 +265,7 @@ async def _relay(
     received: bytes,
     close: bool,
     req: Req,
+    watch: Watch,
 ) -> bool:
     """Pass an ordinary response on; True when the backend connection ended clean."""
     req.status = status = response.status
@@ -262,7 +283,7 @@ async def _relay(
     timeout = proxy.timeouts.body
     while left > 0:
         try:
-            data = await upstream.stream.receive_until(trio.current_time() + timeout)
+            data = await _receive(proxy, upstream.stream, watch, trio.current_time() + timeout)
         except OSError:
             data = None
         if not data:  # stalled, reset or closed mid-body: the client must see a truncation
@@ -302,6 +323,7 @@ async def _relay_h11(
     is_head: bool,
     close: bool,
     req: Req,
+    watch: Watch,
 ) -> bool:
     """Pass on a response h11 parsed: chunked toward the client when its length is not
     known. True when the backend connection ended clean."""
@@ -325,7 +347,7 @@ async def _relay_h11(
             await send_client(stream, b"".join(pending))
             pending = []
             try:
-                data = await upstream.stream.receive_until(trio.current_time() + timeout)
+                data = await _receive(proxy, upstream.stream, watch, trio.current_time() + timeout)
             except OSError:
                 data = None
             if data is None:

@@ -32,6 +32,7 @@ from tuilb.l7 import fastpath, rules
 from tuilb.l7 import route as routing
 from tuilb.l7.shared import IDEMPOTENT, ClientGone, Fail, Req, Retry, receive_until, send_client
 from tuilb.l7.stream import SocketStream, Stream, TimedSend
+from tuilb.l7.timers import Timers, Watch
 from tuilb.l7.tls import TlsServer
 from tuilb.l7.upstream import MAX_RESPONSE_HEAD, Upstream, UpstreamPool
 from tuilb.log import Log
@@ -54,6 +55,7 @@ class HttpProxy:
         balancers: dict[str, Balancer],
         on_error: Callable[[str, Backend | None, str, str], None],
         tls: TlsServer | None = None,
+        timers: Timers | None = None,
     ) -> None:
         self.listener = listener
         if tls is None and listener.http.tls:  # the engine builds it before binding
@@ -72,6 +74,10 @@ class HttpProxy:
         self.clients = 0  # open client connections
         self.closing = False  # shutdown began: finish what is in flight, keep nothing alive
         self.fast = True  # ordinary requests skip h11 (fastpath.py); tests turn it off
+        # Timeouts of plain-socket waits; the engine sweeps them. Without it (a proxy made
+        # outside an engine) nothing would fire: such a proxy keeps to the scoped waits.
+        self.timers = timers
+        self._idle_watches: set[Watch] = set()  # armed for a keep-alive wait
         self._idle_clients: set[trio.CancelScope] = set()
         self.proxy_rejected = 0  # accept_proxy: connections closed for their PROXY header
         self._origin_needed = bool(listener.accept_proxy) or any(
@@ -84,6 +90,9 @@ class HttpProxy:
         self.closing = True
         for scope in list(self._idle_clients):
             scope.cancel()
+        if self.timers is not None:
+            for watch in list(self._idle_watches):
+                self.timers.fire(watch)
 
     def close(self) -> None:
         self.upstreams.close()
@@ -128,14 +137,19 @@ class HttpProxy:
         fastpath.py); any other goes through h11 with the bytes received so far."""
         pending = b""  # received, not yet part of a request (pipelined bytes included)
         first = True
+        watch = Watch()
+        plain = self.timers is not None and type(stream) is SocketStream
         while not self.closing or first:
             if not pending:
-                pending = await self._next_bytes(stream, first)
+                if plain:
+                    pending = await self._next_bytes_watched(stream, first, watch)  # type: ignore[arg-type]
+                else:
+                    pending = await self._next_bytes(stream, first)
                 if not pending:
                     return  # end of stream, keep-alive timeout or shutdown
             head = fastpath.parse(pending) if self.fast else None
             if head is not None:
-                outcome = await fastpath.exchange(self, stream, head, pending, client_ip)
+                outcome = await fastpath.exchange(self, stream, head, pending, client_ip, watch)
                 if outcome is None:
                     return
                 if isinstance(outcome, bytes):
@@ -161,12 +175,22 @@ class HttpProxy:
     async def _next_bytes(self, stream: Stream, first: bool) -> bytes:
         """The first bytes of the next request: within `request_headers` for a connection's
         first request, `keepalive` for later ones; b"" when none came (or shutdown began)."""
-        if isinstance(stream, SocketStream):
-            data = stream.receive_nowait()  # a busy client's next request is often here
-            if data is not None:
-                return data
         wait = self.timeouts.request_headers if first else self.timeouts.keepalive
         return await self._receive_idle(stream, trio.current_time() + wait, idle=True) or b""
+
+    async def _next_bytes_watched(self, stream: SocketStream, first: bool, watch: Watch) -> bytes:
+        """`_next_bytes` on a plain socket, timed by the swept timers (no cancel scope)."""
+        assert self.timers is not None
+        if self.closing:
+            return b""
+        wait = self.timeouts.request_headers if first else self.timeouts.keepalive
+        idle = self._idle_watches
+        idle.add(watch)
+        try:
+            data = await self.timers.receive(stream, watch, trio.current_time() + wait, True)
+        finally:
+            idle.discard(watch)
+        return data or b""
 
     async def _read_request(
         self, stream: Stream, server: h11.Connection, data: bytes

@@ -17,6 +17,7 @@ _HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_.")
 _MAX_HOST = 255
 
 
+@lru_cache(maxsize=1024)  # twice per request, over a handful of distinct hosts
 def normalize_host(value: bytes | str | None) -> str | None:
     """A Host header value or absolute-form authority -> the host to route on.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from http import HTTPStatus
 from typing import Literal
 
@@ -278,6 +279,7 @@ def _forwarded_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@lru_cache(maxsize=4096)  # per request, over the clients' addresses (ipaddress is slow)
 def _forwarded_node(client_ip: str) -> str:
     # RFC 7239 section 6: an IPv6 node is bracketed, and so always quoted.
     try:
