@@ -257,11 +257,12 @@ def request_framing(headers: Headers) -> tuple[BodyKind | None, int | None]:
     return None, None
 
 
-def hop_by_hop(headers: Headers) -> set[bytes]:
+def hop_by_hop(headers: Headers) -> frozenset[bytes]:
     """The fixed hop-by-hop names plus every name listed in Connection header lines."""
-    names = set(HOP_BY_HOP)
-    names.update(_comma_list([value for name, value in headers if name == b"connection"]))
-    return names
+    listed = [value for name, value in headers if name == b"connection"]
+    if not listed:
+        return HOP_BY_HOP
+    return HOP_BY_HOP.union(_comma_list(listed))
 
 
 def is_upgrade(headers: Headers) -> bool:
@@ -289,6 +290,19 @@ def _forwarded_node(client_ip: str) -> str:
     if address.version == 6:
         return f'"[{client_ip}]"'
     return client_ip
+
+
+@lru_cache(maxsize=4096)  # per request, over a few clients, schemes and hosts
+def _forwarded_element(client_ip: str, proto: str, host: bytes | None) -> bytes:
+    """This hop's element of the Forwarded header (RFC 7239)."""
+    element = f"for={_forwarded_node(client_ip)};proto={_forwarded_value(proto)}"
+    if host is not None:
+        element += ";host=" + _forwarded_value(host.decode("ascii", "backslashreplace"))
+    return element.encode("utf-8", "backslashreplace")
+
+
+_REQUEST_DROP_MORE = FRAMING | FORWARDING | {b"forwarded", b"host"}
+_REQUEST_DROP = HOP_BY_HOP | _REQUEST_DROP_MORE  # with no Connection header (the usual)
 
 
 def forward_request_headers(
@@ -321,11 +335,8 @@ def forward_request_headers(
     """
     drop = hop_by_hop(headers)
     if upgrade:
-        drop.discard(b"upgrade")
-    drop |= FRAMING
-    drop |= FORWARDING
-    drop.add(b"forwarded")
-    drop.add(b"host")
+        drop = drop - {b"upgrade"}
+    drop = _REQUEST_DROP if drop is HOP_BY_HOP else drop | _REQUEST_DROP_MORE
 
     out: list[tuple[bytes, bytes]] = []
     if host is not None:
@@ -368,10 +379,7 @@ def forward_request_headers(
     elif host is not None:
         out.append((b"x-forwarded-host", host))
 
-    element = f"for={_forwarded_node(client_ip)};proto={_forwarded_value(proto)}"
-    if host is not None:
-        element += ";host=" + _forwarded_value(host.decode("ascii", "backslashreplace"))
-    mine = element.encode("utf-8", "backslashreplace")
+    mine = _forwarded_element(client_ip, proto, host)
     if trusted and fwd:
         out.append((b"forwarded", b", ".join([*fwd, mine])))
     else:
@@ -398,7 +406,7 @@ def forward_response_headers(
     """
     drop = hop_by_hop(headers)
     if upgrade:
-        drop.discard(b"upgrade")
+        drop = drop - {b"upgrade"}
     chunked = any(name == b"transfer-encoding" for name, _ in headers)
     out: list[tuple[bytes, bytes]] = []
     have_length = False
