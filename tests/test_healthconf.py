@@ -160,6 +160,11 @@ BAD: list[tuple[str, str, list[Expected]]] = [
         [(f"{P}.health.path", "must start with '/'", "p")],
     ),
     (
+        "a path with a non-ASCII character (the request line is ASCII)",
+        '[pools.app.health]\ntype = "http"\npath = "/sant\u00e9"  #@p\n',
+        [(f"{P}.health.path", "non-ASCII characters (percent-encode them)", "p")],
+    ),
+    (
         "bad expect_status",
         '[pools.app.health]\ntype = "http"\nexpect_status = "2xx"  #@s\n',
         [(f"{P}.health.expect_status", "not a status code", "s")],

@@ -16,6 +16,7 @@ from tuilb import __version__
 from tuilb.config import Address
 from tuilb.health import CheckResult, first_delay, jittered, next_interval
 from tuilb.healthconf import HealthConfig, format_status, status_matches
+from tuilb.l7 import client
 from tuilb.model import AdminState, Backend, Model, Pool
 
 BODY_LIMIT = 64 * 1024  # read at most this much of a check's response body
@@ -90,18 +91,17 @@ async def _udp(target: Address, config: HealthConfig) -> tuple[bool, str]:
 
 
 async def _http(stream: trio.SocketStream, config: HealthConfig, host: str) -> tuple[bool, str]:
-    conn = h11.Connection(h11.CLIENT)
-    request = h11.Request(
-        method="GET",
-        target=config.path,
-        headers=[
-            ("Host", host),
-            ("User-Agent", f"tuilb-health/{__version__}"),
-            ("Accept", "*/*"),
-            ("Connection", "close"),
-        ],
-    )
-    await stream.send_all(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
+    # Written and parsed by the proxy's own client code (tuilb/l7/client.py), so a check
+    # accepts exactly the responses the proxy would pass on.
+    target = config.path.encode("ascii")
+    headers = [
+        (b"host", host.encode("ascii")),
+        (b"user-agent", f"tuilb-health/{__version__}".encode("ascii")),
+        (b"accept", b"*/*"),
+        (b"connection", b"close"),
+    ]
+    await stream.send_all(client.request_head(b"GET", target, headers))
+    conn = client.response_parser(b"GET", target)
     expect = config.expect_body.encode() if config.expect_body else None
     status = 0
     body = bytearray()

@@ -100,8 +100,12 @@ def check_health(checker: _Checker, value: object, path: KeyPath) -> HealthConfi
         send = d.send
     expect = checker.get(table, "expect", path, str, None) or None
     check_path = checker.get(table, "path", path, str, d.path)
-    if not check_path.startswith("/") or any(c.isspace() or ord(c) < 32 for c in check_path):
-        checker.problem((*path, "path"), f"{check_path!r} must start with '/' and hold no spaces")
+    if not check_path.startswith("/") or not all("!" <= c <= "~" for c in check_path):
+        checker.problem(
+            (*path, "path"),
+            f"{check_path!r} must start with '/' and hold no spaces, controls or non-ASCII"
+            " characters (percent-encode them)",
+        )
         check_path = d.path
     host = checker.get(table, "host", path, str, None)
     if host is not None and not _HOST_HEADER.match(host):

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import h11
 import trio
 
-from tuilb.l7 import fast, rules
+from tuilb.l7 import client, fast, rules
 from tuilb.l7 import route as routing
+from tuilb.l7.client import MAX_RESPONSE_HEAD
 from tuilb.l7.shared import (
     IDEMPOTENT,
     ClientGone,
@@ -36,7 +37,7 @@ from tuilb.l7.shared import (
 )
 from tuilb.l7.stream import SocketStream, Stream
 from tuilb.l7.timers import Watch
-from tuilb.l7.upstream import MAX_RESPONSE_HEAD, Upstream
+from tuilb.l7.upstream import Upstream
 from tuilb.model import AdminState, Backend, Pool
 
 if TYPE_CHECKING:
@@ -304,11 +305,7 @@ async def _h11_response(
 ) -> h11.Response:
     """A response the fast path does not parse: through an h11 client connection that is
     told the request (method and target are what h11 needs to frame the answer)."""
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
-    conn.send(h11.Request(method=head.method, target=head.target, headers=[(b"host", b"x")]))
-    conn.send(h11.EndOfMessage())
-    conn.receive_data(received)
-    upstream.conn = conn
+    upstream.conn = client.response_parser(head.method, head.target, received)
     response = await proxy._response_head(upstream, got_bytes=True)
     if isinstance(response, h11.InformationalResponse):  # a 101 nobody asked for
         raise Fail(502, "the backend switched protocols unasked")

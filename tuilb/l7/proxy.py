@@ -30,11 +30,12 @@ from tuilb.config import Config, ListenerConfig
 from tuilb.httpconf import RouteConfig
 from tuilb.l7 import fastpath, rules
 from tuilb.l7 import route as routing
+from tuilb.l7.client import MAX_RESPONSE_HEAD
 from tuilb.l7.shared import IDEMPOTENT, ClientGone, Fail, Req, Retry, receive_until, send_client
 from tuilb.l7.stream import SocketStream, Stream, TimedSend
 from tuilb.l7.timers import Timers, Watch
 from tuilb.l7.tls import TlsServer
-from tuilb.l7.upstream import MAX_RESPONSE_HEAD, Upstream, UpstreamPool
+from tuilb.l7.upstream import Upstream, UpstreamPool
 from tuilb.log import Log
 from tuilb.model import AdminState, Backend, Model, Pool
 from tuilb.proxy.l4 import LocalError, Origin, client_origin, connect_socket, describe

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import h11
 
+from tuilb.l7.client import MAX_RESPONSE_HEAD
 from tuilb.l7.stream import SocketStream
 from tuilb.model import AdminState, Backend
 
 MAX_IDLE_PER_BACKEND = 32
 IDLE_LIMIT = 30.0  # seconds an idle backend connection is kept (backends close them too)
-MAX_RESPONSE_HEAD = 65536  # bytes of a backend's response head (status line and headers)
 
 
 class Upstream:
