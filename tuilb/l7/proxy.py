@@ -188,7 +188,10 @@ class HttpProxy:
         idle = self._idle_watches
         idle.add(watch)
         try:
-            data = await self.timers.receive(stream, watch, trio.current_time() + wait, True)
+            # A new connection's first request is often there already; a later one is not
+            # (the client has only just been answered), so skip that recv.
+            deadline = trio.current_time() + wait
+            data = await self.timers.receive(stream, watch, deadline, wait_first=not first)
         finally:
             idle.discard(watch)
         return data or b""
