@@ -3,6 +3,7 @@ Real peers on 127.0.0.1 (h11, raw sockets, curl where its behaviour matters)."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trustme
 
@@ -223,3 +224,31 @@ async def test_a_refused_request_whose_client_awaits_100_continue_is_not_waited_
         while data := await sock.recv(65536):
             out += data
     assert out.startswith(b"HTTP/1.1 404 ") and b"connection: close" in out.lower()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast path", "h11 path"])
+async def test_the_response_timeout_counts_from_the_end_of_a_slow_upload(nursery, fast):
+    # The fast path counted `timeouts.response` from the request head: an upload longer
+    # than that timeout got a 504 the moment its last byte went out.
+    async def thoughtful(backend: HttpBackend, got: Received):
+        await trio.sleep(0.15)  # half the response timeout, several sweeps of the timers
+        return 200, [], b"stored\n"
+
+    a = HttpBackend("a", thoughtful)
+    await nursery.start(a.serve)
+    config = http_config({"app": [a.port]}, extra="[timeouts]\nresponse = 0.3\nbody = 5\n")
+    run = await start_engine(nursery, config)
+    for proxy in run.engine._http:
+        proxy.fast = fast
+    sock = await connect(run.port)
+    with sock:
+        await send_all(sock, b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 30\r\n\r\n")
+        for _ in range(6):  # paced: the upload takes 0.6 s, twice the response timeout
+            await trio.sleep(0.1)
+            await send_all(sock, b"z" * 5)
+        with trio.fail_after(5):
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                reply += await sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert a.requests[0].body == b"z" * 30

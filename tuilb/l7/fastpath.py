@@ -147,11 +147,12 @@ async def _forward(
         upstream = await proxy._upstream(plan.pool, client_ip, tried)
         backend = upstream.backend
         try:
-            sent_at = trio.current_time()
+            sent_at = waiting_from = trio.current_time()
             await proxy._to_backend(upstream, [plan.head, body], first=True)
             if len(body) < length:
                 after = await _pass_body(proxy, stream, upstream, length - len(body), watch)
-            parsed, received = await _response_head(proxy, upstream, sent_at, is_head, watch)
+                waiting_from = trio.current_time()  # `response` counts from the body's end
+            parsed, received = await _response_head(proxy, upstream, waiting_from, is_head, watch)
             if parsed is fast.SLOW:
                 response = await _h11_response(proxy, upstream, head, received)
                 status = response.status_code
@@ -223,12 +224,12 @@ async def _pass_body(
 
 
 async def _response_head(
-    proxy: HttpProxy, upstream: Upstream, sent_at: float, head_request: bool, watch: Watch
+    proxy: HttpProxy, upstream: Upstream, since: float, head_request: bool, watch: Watch
 ) -> tuple[fast.ResponseHead | fast._Slow, bytes]:
-    """Read until the response head is complete: (what fast.parse_response made of it, the
-    bytes received)."""
+    """Read until the response head is complete (within `timeouts.response` of `since`, the
+    request's end): (what fast.parse_response made of it, the bytes received)."""
     backend = upstream.backend
-    deadline = sent_at + proxy.timeouts.response
+    deadline = since + proxy.timeouts.response
     received = b""
     while True:
         try:
