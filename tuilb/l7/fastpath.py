@@ -328,10 +328,12 @@ async def _relay_h11(
     req.status = status = response.status_code
     proxy.model.listener_response(proxy.listener.name, status, ours=False)
     headers = rules.forward_response_headers(list(response.headers), close=close, upgrade=False)
-    bodiless = is_head or status in (204, 304)
-    chunked = not bodiless and all(name != b"content-length" for name, _ in headers)
-    if chunked:
+    # Framing as h11 would write it: chunked without a length, also on the answer to HEAD
+    # (which says what a GET would get, but sends no body).
+    framed = status not in (204, 304) and all(name != b"content-length" for name, _ in headers)
+    if framed:
         headers.append((b"transfer-encoding", b"chunked"))
+    chunked = framed and not is_head
     pending = [fast.response_head(status, response.reason, headers)]
     conn = upstream.conn
     backend = upstream.backend

@@ -706,7 +706,9 @@ class HttpProxy:
         if server.our_state is not h11.SEND_RESPONSE:
             return  # a response has begun: all we can do is close
         try:
-            data = server.send(h11.Response(status_code=status, headers=headers)) or b""
+            reason = rules.reason_phrase(status).encode()
+            data = server.send(h11.Response(status_code=status, headers=headers, reason=reason))
+            data = data or b""
             if not head_only:
                 data += server.send(h11.Data(data=body)) or b""
             data += server.send(h11.EndOfMessage()) or b""
