@@ -325,12 +325,6 @@ HOST_COUNTS: list[tuple[str, bytes]] = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fast.parse_request does not count Host lines: it accepts an HTTP/1.1 head with "
-    "no Host or with several, which h11 refuses (Missing mandatory Host / Found multiple "
-    "Host). Harmless in fastpath._plan only because rules.check_request refuses it too.",
-)
 @pytest.mark.parametrize(
     "buf", [case[1] for case in HOST_COUNTS], ids=[case[0] for case in HOST_COUNTS]
 )
@@ -502,13 +496,6 @@ BARE_LF_RESPONSES: list[tuple[str, bytes]] = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_response looks only for CRLF CRLF: a head h11 reads as complete (ended by "
-    "LF LF or LF CRLF) is NEED_MORE, not SLOW, so fastpath._response_head keeps waiting for "
-    "bytes a keep-alive backend never sends, and answers 504 after the response timeout "
-    "where the h11 path relays the response.",
-)
 @pytest.mark.parametrize(
     "buf", [case[1] for case in BARE_LF_RESPONSES], ids=[case[0] for case in BARE_LF_RESPONSES]
 )

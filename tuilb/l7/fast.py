@@ -36,6 +36,8 @@ _REQUEST_LINE = re.compile(
 # Final statuses 200-599 with a reason phrase (h11 allows it to be absent: that goes to h11).
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) ((?:[ \t]|[^\x00\s])*)\r\n")
 _END = b"\r\n\r\n"
+# Where h11 sees a head end (h11/_receivebuffer.py): the first LF, optional CR, LF.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 _NO_BODY_STATUS = frozenset({204, 304})  # h11 handles these (framing headers kept as sent)
 # Request headers the fast path does not take on: each asks for handling that lives in the
 # h11 path (100-continue, upgrades, hop-by-hop names, framing other than Content-Length).
@@ -131,6 +133,7 @@ def parse_request(buf: bytes) -> RequestHead | None:
         return None
     connection: list[bytes] = []
     lengths: list[bytes] = []
+    hosts = 0
     for name, value in headers:
         if name in _REQUEST_SLOW:
             return None
@@ -138,6 +141,10 @@ def parse_request(buf: bytes) -> RequestHead | None:
             connection.append(value)
         elif name == b"content-length":
             lengths.append(value)
+        elif name == b"host":
+            hosts += 1
+    if hosts != 1:
+        return None  # h11 refuses HTTP/1.1 without exactly one Host (and so do the rules)
     close = _connection_close(connection)
     if close is None:
         return None
@@ -161,11 +168,16 @@ SLOW = _Slow()
 
 def parse_response(buf: bytes, head_request: bool) -> ResponseHead | _Slow | None:
     """The response head at the start of `buf`: a ResponseHead when it is complete and
-    ordinary (final status, Content-Length framing, or any status to HEAD), SLOW when it is
-    complete but not (or not HTTP/1.1 at all), None (NEED_MORE) when it is not complete."""
-    end = buf.find(_END)
-    if end < 0:
+    ordinary (HTTP/1.1, a final status other than 204/304, Content-Length framing; to HEAD
+    the length is not sent), SLOW when it is complete but not, None (NEED_MORE) when it is
+    not complete. Complete means what h11 takes for complete, bare LFs included: waiting
+    for a CRLF CRLF that never comes would turn a sloppy backend's answer into a 504."""
+    blank = _BLANK_LINE.search(buf)
+    if blank is None:
         return NEED_MORE
+    end = blank.start() - 1  # where CRLF CRLF begins, if that is how the head ended
+    if end < 0 or blank.end() - end != 4 or buf[end] != 13:  # 13: CR
+        return SLOW
     line = _STATUS_LINE.match(buf)
     if line is None:
         return SLOW
