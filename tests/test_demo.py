@@ -146,6 +146,9 @@ async def test_backend_closes_malformed_input() -> None:
                 with await connect(port) as sock:
                     await send_all(sock, garbage)
                     assert await recv_to_eof(sock) == b""
+            with await connect(port) as sock:  # a chunked body: told so (through tuilb: 411)
+                await send_all(sock, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+                assert (await recv_to_eof(sock)).startswith(b"HTTP/1.1 411 Length Required\r\n")
             with await connect(port) as sock:  # HTTP/1.0: one answer, then close
                 assert await get(sock, b"GET / HTTP/1.0\r\n\r\n") == b"hello from web/fast\n"
                 assert await recv_to_eof(sock) == b""

@@ -313,6 +313,13 @@ class Demo:
 
 
 # -- a little HTTP/1.1 ---------------------------------------------------------------------------
+_NEED_LENGTH = b"the demo backends need a Content-Length body\n"
+LENGTH_REQUIRED = (
+    b"HTTP/1.1 411 Length Required\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+    b"Connection: close\r\n\r\n%s" % (len(_NEED_LENGTH), _NEED_LENGTH)
+)
+
+
 async def _http_server(backend: _Backend, conn: trio.socket.SocketType) -> None:
     """Answer requests until the client closes, asks to close, or sends garbage."""
     buf = bytearray()
@@ -326,7 +333,8 @@ async def _http_server(backend: _Backend, conn: trio.socket.SocketType) -> None:
         if len(parts) != 3 or parts[0] not in _METHODS or parts[2] not in _VERSIONS:
             return
         headers = _headers(head)
-        if b"transfer-encoding" in headers:
+        if b"transfer-encoding" in headers:  # too small a server to decode chunks: say so
+            await _send_all(conn, LENGTH_REQUIRED)
             return
         await _read_exactly(conn, buf, _content_length(headers))
         if backend.delay:
