@@ -3,12 +3,15 @@ Real peers on 127.0.0.1 (h11, raw sockets, curl where its behaviour matters)."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trustme
 
-from tests.conftest import connect, poll, send_all, start_engine, start_server
+from tests.conftest import RecordingLog, connect, poll, send_all, start_engine, start_server
 from tests.l7util import Client, HttpBackend, Received, http_config, start_backends
+from tests.test_l7_fastpath import CLOSE, OK, Conn, RawBackend, always, fields, get, set_fast
 from tests.test_l7_tls import Pki, tls_client, tls_table
 from tuilb.model import AdminState
 
@@ -252,3 +255,111 @@ async def test_the_response_timeout_counts_from_the_end_of_a_slow_upload(nursery
                 reply += await sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 200 ")
     assert a.requests[0].body == b"z" * 30
+
+
+# -- found reviewing the fast path --------------------------------------------------------
+@pytest.mark.parametrize("watched", [True, False], ids=["swept timers", "scoped waits"])
+async def test_a_first_request_already_here_when_shutdown_begins_is_served(nursery, watched):
+    # The watched wait returned at once once shutdown began, so a connection accepted just
+    # before it was closed with its request unread (the client saw a reset).
+    backend = RawBackend(always(OK))
+    await nursery.start(backend.serve)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    proxy = run.engine._http[0]
+    if not watched:
+        proxy.timers = None  # the scoped waits, as for TLS clients
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    with theirs:
+        theirs.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        proxy.begin_shutdown()  # after accept(), before handle() runs
+        with trio.fail_after(5):
+            await proxy.handle(ours, ("127.0.0.1", 1234))
+        theirs.settimeout(2)
+        assert theirs.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_an_empty_host_is_forwarded_alike_on_both_paths(nursery):
+    # The h11 path replaced an empty Host (legal: no authority) by the listener's bind
+    # address, the fast path passed it on empty. Now both pass it on as it came.
+    backend = RawBackend(always(OK))
+    await nursery.start(backend.serve)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    heads = []
+    for on in (True, False):
+        set_fast(run, on)
+        conn = await Conn.open(run.port)
+        await conn.send(b"GET / HTTP/1.1\r\nHost:\r\n\r\n")
+        assert (await conn.response()).startswith(b"HTTP/1.1 200 OK")
+        heads.append(fields(backend.requests[-1].head + b"\r\n\r\n"))
+    assert heads[0] == heads[1]
+    assert (b"host", b"") in heads[0]
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["fast path", "h11 path"])
+async def test_a_request_line_of_exactly_the_limit_passes(nursery, on):
+    # The h11 path counted the CR before the LF as part of the line: 414 one byte early.
+    backend = RawBackend(always(OK))
+    await nursery.start(backend.serve)
+    extra = "[limits]\nmax_request_line = 100\n"
+    run = await start_engine(nursery, http_config({"app": [backend.port]}, extra=extra))
+    set_fast(run, on)
+    line = b"GET /" + b"a" * (100 - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"
+    assert len(line) == 100
+    for extra_byte, status in ((b"", b"200"), (b"b", b"414")):
+        conn = await Conn.open(run.port)
+        await conn.send(line.replace(b" HTTP", extra_byte + b" HTTP") + b"\r\nHost: x\r\n\r\n")
+        assert (await conn.response()).split(b" ")[1] == status
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["fast path", "h11 path"])
+async def test_a_client_gone_mid_upload_counts_no_response(nursery, on):
+    # The h11 path counted (and logged) a 400 for a client that had left mid-body.
+    backend = RawBackend(always(OK))
+    await nursery.start(backend.serve)
+    log = RecordingLog()
+    run = await start_engine(
+        nursery, http_config({"app": [backend.port]}), log=log, access_log=True
+    )
+    set_fast(run, on)
+    conn = await Conn.open(run.port)
+    await conn.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    await poll(lambda: bool(backend.conns) and backend.conns[0].endswith(b"abc"))
+    await conn.stream.aclose()
+    await poll(lambda: any(event == "request" for event, _, _ in log.records))
+    (listener,) = run.model.snapshot().listeners
+    (line,) = [fields_ for event, _, fields_ in log.records if event == "request"]
+    assert (listener.requests, listener.errors, line["status"]) == (0, 0, "-")
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["fast path", "h11 path"])
+async def test_the_retry_after_a_dead_pooled_connection_connects_anew(nursery, on):
+    # The retry took the next pooled connection; after a backend restart that one was
+    # dead too, and the GET got a 502.
+    both_in = trio.Event()
+    seen: dict[int, int] = {}
+
+    def answer(request):
+        seen[request.conn] = seen.get(request.conn, 0) + 1
+        if seen[request.conn] > 1:
+            return [CLOSE]  # every kept-alive connection dies under its second request
+        if len(seen) == 2:
+            both_in.set()
+        return [both_in.wait, OK]  # hold the first two until both connections exist
+
+    backend = RawBackend(answer)
+    await nursery.start(backend.serve)
+    run = await start_engine(nursery, http_config({"app": [backend.port]}))
+    set_fast(run, on)
+    a, b = await Conn.open(run.port), await Conn.open(run.port)
+    await a.send(get("/a"))
+    await b.send(get("/b"))
+    assert (await a.response()).startswith(b"HTTP/1.1 200")
+    assert (await b.response()).startswith(b"HTTP/1.1 200")
+    app1 = run.model.pools["app"].backends[0]
+    assert run.engine._http[0].upstreams.idle_count(app1) == 2
+    c = await Conn.open(run.port)
+    await c.send(get("/c"))
+    assert (await c.response()).startswith(b"HTTP/1.1 200")
+    assert len(seen) == 3  # the retry connected anew
+    assert run.engine._http[0].upstreams.idle_count(app1) == 1  # the dead one's elders went

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import h11
 import trio
+from trio.lowlevel import checkpoint
 
 from tuilb.l7 import client, fast, rules
 from tuilb.l7 import route as routing
@@ -143,8 +144,9 @@ async def _forward(
     may_retry = head.method in IDEMPOTENT and not length
     is_head = head.method == b"HEAD"
     tried: set[Backend] = set()
+    fresh = False  # the retry: not another pooled connection
     while True:
-        upstream = await proxy._upstream(plan.pool, client_ip, tried)
+        upstream = await proxy._upstream(plan.pool, client_ip, tried, fresh)
         backend = upstream.backend
         try:
             sent_at = waiting_from = trio.current_time()
@@ -154,7 +156,7 @@ async def _forward(
                 waiting_from = trio.current_time()  # `response` counts from the body's end
             parsed, received = await _response_head(proxy, upstream, waiting_from, is_head, watch)
             if parsed is fast.SLOW:
-                response = await _h11_response(proxy, upstream, head, received)
+                response = await _h11_response(proxy, upstream, head, received, waiting_from)
                 status = response.status_code
             else:
                 assert isinstance(parsed, fast.ResponseHead)
@@ -163,7 +165,7 @@ async def _forward(
             model.connection_ended(backend)
             upstream.close()
             if may_retry:
-                may_retry = False
+                may_retry, fresh = False, True
                 continue
             raise Fail(502, "the backend closed the connection") from None
         except BaseException:
@@ -172,8 +174,7 @@ async def _forward(
             raise
         break
     try:
-        now = trio.current_time()
-        model.response(backend, status, now - sent_at)
+        model.response(backend, status, trio.current_time() - sent_at)
         req.backend = backend.target
         close = head.close or proxy.closing or backend.admin is not AdminState.READY
         if isinstance(parsed, fast.ResponseHead):
@@ -189,7 +190,7 @@ async def _forward(
     if plan.pool.config.send_proxy:
         upstream.close()  # its PROXY header spoke for this client: never for another
     else:
-        proxy.upstreams.give(upstream, now, clean)
+        proxy.upstreams.give(upstream, trio.current_time(), clean)
     return None if close else after
 
 
@@ -220,43 +221,42 @@ async def _pass_body(
         part = data[:left]
         left -= len(part)
         await proxy._to_backend(upstream, [part], first=False)
+        await checkpoint()  # a body in full flow must not starve other connections
     return data[len(part) :]
 
 
 async def _response_head(
     proxy: HttpProxy, upstream: Upstream, since: float, head_request: bool, watch: Watch
 ) -> tuple[fast.ResponseHead | fast._Slow, bytes]:
-    """Read until the response head is complete (within `timeouts.response` of `since`, the
-    request's end): (what fast.parse_response made of it, the bytes received)."""
+    """The backend's first bytes (within `timeouts.response` of `since`, the request's end)
+    and what fast.parse_response makes of them. A head that did not come whole in that one
+    read is SLOW: h11 reads the rest, resuming its search where it stopped (rescanning
+    here would cost a trickling backend's every byte)."""
     backend = upstream.backend
-    deadline = since + proxy.timeouts.response
-    received = b""
-    while True:
-        try:
-            data = await _receive(proxy, upstream.stream, watch, deadline, not received)
-        except OSError:
-            if not received and upstream.reused:
-                raise Retry from None
-            proxy.model.backend_reset(backend)
-            raise Fail(502, "the backend reset the connection") from None
-        if data is None:
-            proxy._error("response_timeout", backend, "no response in time")
-            raise Fail(504, "the backend did not answer in time")
-        if not data:
-            if not received and upstream.reused:
-                raise Retry
-            proxy.model.backend_reset(backend)
-            raise Fail(502, "the backend closed the connection before its response")
-        backend.bytes_out += len(data)
-        received = received + data if received else data
-        parsed = fast.parse_response(received, head_request)
-        if parsed is fast.NEED_MORE:
-            if len(received) > MAX_RESPONSE_HEAD:
-                raise Fail(502, f"the backend's response head is over {MAX_RESPONSE_HEAD}")
-            continue
-        if isinstance(parsed, fast.ResponseHead) and parsed.size > MAX_RESPONSE_HEAD:
-            raise Fail(502, f"the backend's response head is over {MAX_RESPONSE_HEAD}")
-        return parsed, received
+    try:
+        data = await _receive(
+            proxy, upstream.stream, watch, since + proxy.timeouts.response, wait_first=True
+        )
+    except OSError:
+        if upstream.reused:
+            raise Retry from None
+        proxy.model.backend_reset(backend)
+        raise Fail(502, "the backend reset the connection") from None
+    if data is None:
+        proxy._error("response_timeout", backend, "no response in time")
+        raise Fail(504, "the backend did not answer in time")
+    if not data:
+        if upstream.reused:
+            raise Retry
+        proxy.model.backend_reset(backend)
+        raise Fail(502, "the backend closed the connection before its response")
+    backend.bytes_out += len(data)
+    parsed = fast.parse_response(data, head_request)
+    if parsed is fast.NEED_MORE:
+        return fast.SLOW, data
+    if isinstance(parsed, fast.ResponseHead) and parsed.size > MAX_RESPONSE_HEAD:
+        raise Fail(502, f"the backend's response head is over {MAX_RESPONSE_HEAD}")
+    return parsed, data
 
 
 async def _relay(
@@ -298,16 +298,18 @@ async def _relay(
         left -= len(data)
         req.bytes += len(data)
         await send_client(stream, data)
+        await checkpoint()  # a body in full flow must not starve other connections
     return clean
 
 
 async def _h11_response(
-    proxy: HttpProxy, upstream: Upstream, head: fast.RequestHead, received: bytes
+    proxy: HttpProxy, upstream: Upstream, head: fast.RequestHead, received: bytes, since: float
 ) -> h11.Response:
     """A response the fast path does not parse: through an h11 client connection that is
     told the request (method and target are what h11 needs to frame the answer)."""
     upstream.conn = client.response_parser(head.method, head.target, received)
-    response = await proxy._response_head(upstream, got_bytes=True)
+    deadline = since + proxy.timeouts.response  # one response timeout in all, 1xx included
+    response = await proxy._response_head(upstream, got_bytes=True, deadline=deadline)
     if isinstance(response, h11.InformationalResponse):  # a 101 nobody asked for
         raise Fail(502, "the backend switched protocols unasked")
     return response
@@ -355,6 +357,7 @@ async def _relay_h11(
                 raise ClientGone
             backend.bytes_out += len(data)
             conn.receive_data(data)
+            await checkpoint()  # a body in full flow must not starve other connections
         elif isinstance(event, h11.Data):
             req.bytes += len(event.data)
             if event.data:

@@ -23,6 +23,7 @@ from typing import Any
 
 import h11
 import trio
+from trio.lowlevel import checkpoint
 
 from tuilb import proxyproto
 from tuilb.balance import Balancer
@@ -182,8 +183,8 @@ class HttpProxy:
     async def _next_bytes_watched(self, stream: SocketStream, first: bool, watch: Watch) -> bytes:
         """`_next_bytes` on a plain socket, timed by the swept timers (no cancel scope)."""
         assert self.timers is not None
-        if self.closing:
-            return b""
+        if self.closing:  # a connection's first request is still served if it is here
+            return (stream.receive_nowait() or b"") if first else b""
         wait = self.timeouts.request_headers if first else self.timeouts.keepalive
         idle = self._idle_watches
         idle.add(watch)
@@ -210,7 +211,7 @@ class HttpProxy:
                 newline = data.find(b"\n")
                 line_done = newline >= 0
                 line_bytes += newline if line_done else len(data)
-                if line_bytes > limit:
+                if line_bytes > limit + 1:  # the CR before the LF is not the line's
                     await self._send_error(stream, server, 414, "request line too long")
                     return None
             server.receive_data(data)
@@ -310,7 +311,8 @@ class HttpProxy:
             headers,
             client_ip=client_ip,
             proto="https" if self.tls is not None else "http",
-            host=host_header or self._own_host,  # HTTP/1.0 without Host: name ourselves
+            # HTTP/1.0 without Host: name ourselves (an empty Host is passed on as it came)
+            host=host_header if host_header is not None else self._own_host,
             trusted=trusted,
             upgrade=upgrade,
             body=body,
@@ -360,7 +362,7 @@ class HttpProxy:
         tried: set[Backend] = set()
         resend = False  # a retry: the (bodiless) request was read from the client already
         while True:
-            upstream = await self._upstream(pool, client_ip, tried)
+            upstream = await self._upstream(pool, client_ip, tried, fresh=resend)
             backend = upstream.backend
             try:
                 sent_at = trio.current_time()
@@ -443,8 +445,12 @@ class HttpProxy:
             nursery.start_soon(copy, stream, upstream.stream, nursery.cancel_scope)
             nursery.start_soon(copy, upstream.stream, stream, nursery.cancel_scope)
 
-    async def _upstream(self, pool: Pool, client_ip: str, tried: set[Backend]) -> Upstream:
-        """A connection to a backend of `pool`: pooled if one is idle, else a new one."""
+    async def _upstream(
+        self, pool: Pool, client_ip: str, tried: set[Backend], fresh: bool = False
+    ) -> Upstream:
+        """A connection to a backend of `pool`: pooled if one is idle, else a new one.
+        `fresh` (the retry after a pooled connection turned out dead): a new one, and the
+        backend's other idle connections, older than the dead one, are dropped too."""
         balancer = self.balancers[pool.name]
         failures = 0
         while True:
@@ -459,9 +465,12 @@ class HttpProxy:
             # Always peeked, even for a request that could be retried: stray bytes (a 408 a
             # server sends before closing an idle connection) would otherwise be taken as
             # this request's answer, not as a dead connection.
-            upstream = self.upstreams.take(backend, trio.current_time())
-            if upstream is not None:
-                return upstream
+            if fresh:
+                self.upstreams.drop(backend)
+            else:
+                upstream = self.upstreams.take(backend, trio.current_time())
+                if upstream is not None:
+                    return upstream
             tried.add(backend)
             try:
                 sock = await connect_socket(backend, self.timeouts.connect, _header(pool))
@@ -516,7 +525,10 @@ class HttpProxy:
                 data = await receive_until(stream, trio.current_time() + self.timeouts.body)
                 if data is None:
                     raise Fail(408, "request body too slow")
+                if not data:
+                    raise ClientGone  # nobody left to answer
                 server.receive_data(data)
+                await checkpoint()  # a body in full flow must not starve other connections
             elif isinstance(event, h11.Data):
                 sent += len(event.data)
                 if max_body and sent > max_body:
@@ -544,12 +556,14 @@ class HttpProxy:
         upstream.backend.bytes_in += len(data)  # toward the backend, as L4 counts them
 
     async def _response_head(
-        self, upstream: Upstream, got_bytes: bool = False
+        self, upstream: Upstream, got_bytes: bool = False, deadline: float | None = None
     ) -> h11.Response | h11.InformationalResponse:
         """The backend's response head through h11 (`got_bytes`: some of it was received
-        already and fed to h11, so a dead pooled connection is no longer the answer)."""
+        already and fed to h11, so a dead pooled connection is no longer the answer), by
+        `deadline` (default: `timeouts.response` from now)."""
         conn = upstream.conn
-        deadline = trio.current_time() + self.timeouts.response
+        if deadline is None:
+            deadline = trio.current_time() + self.timeouts.response
         while True:
             try:
                 event = conn.next_event()
@@ -630,6 +644,7 @@ class HttpProxy:
                     raise ClientGone
                 upstream.backend.bytes_out += len(data)
                 conn.receive_data(data)
+                await checkpoint()  # a body in full flow must not starve other connections
             elif isinstance(event, h11.Data):
                 req.bytes += len(event.data)
                 pending.append(server.send(event) or b"")

@@ -42,6 +42,14 @@ class SocketStream:
             except BlockingIOError:
                 await wait_readable(self.fd)
 
+    def receive_nowait(self) -> bytes | None:
+        """Bytes already waiting (b"" at end of stream), None when none are. Raises OSError
+        on a reset."""
+        try:
+            return self.sock.recv(CHUNK)
+        except BlockingIOError:
+            return None
+
     async def receive_until(self, deadline: float, wait_first: bool = False) -> bytes | None:
         """`receive()` by `deadline` (trio time), None when it passed; no timer at all when
         bytes are already waiting (the common case in a body). `wait_first` skips that

@@ -77,6 +77,11 @@ class UpstreamPool:
         upstream.idle_since = now
         idle.append(upstream)
 
+    def drop(self, backend: Backend) -> None:
+        """Close every idle connection to `backend` (one turned out dead: so are older ones)."""
+        for upstream in self._idle.pop(backend, ()):
+            upstream.close()
+
     def idle_count(self, backend: Backend) -> int:
         return len(self._idle.get(backend, ()))
 
