@@ -9,7 +9,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tuilb import log
 from tuilb.config import Address
 from tuilb.log import FORMATS, RateLimit, StreamLog, null_log
 
@@ -255,3 +258,21 @@ def test_batch_log_writes_lines_in_batches_in_order() -> None:
     assert Counting.writes == 2
     batch.flush()  # nothing pending: no write
     assert Counting.writes == 2
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False))
+def test_cached_timestamps_match_datetime(ts: float) -> None:
+    """`_iso` caches the date and time of the current second (a line per request in the
+    access log); it must still round like datetime, at second and millisecond edges too."""
+    want = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    assert log._iso(ts) == want.replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize(
+    "ts", [0.0, 0.0005, 0.9995, 0.9999995, 1.0, 59.9999999, 1700000000.4995, 1700000000.9999996]
+)
+def test_cached_timestamps_at_the_edges(ts: float) -> None:
+    want = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    log._iso(ts - 1)  # a different second is cached first
+    assert log._iso(ts) == want.replace("+00:00", "Z")

@@ -8,6 +8,7 @@ so a storm becomes one line a second with a count of what was suppressed.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import deque
@@ -26,13 +27,27 @@ def null_log(event: str, level: str = "info", **fields: Any) -> None:
     """A Log that drops everything (tests, embedding)."""
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # An access log formats a line per request: the date and time change once a second.
+    # Rounded to the microsecond first, as datetime.fromtimestamp does, then cut to ms.
+    global _second
+    fraction, integral = math.modf(ts)
+    whole, micros = int(integral), round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if whole != _second[0]:
+        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 def _text_value(value: Any) -> str:
+    if type(value) is int:  # counts, statuses, ports: nothing to quote
+        return str(value)
     text = str(value)
-    if not text or any(c in text for c in ' "=') or not text.isprintable():
+    if not text or " " in text or '"' in text or "=" in text or not text.isprintable():
         return json.dumps(text)
     return text
 
