@@ -489,6 +489,8 @@ async def test_a_get_on_a_dead_pooled_connection_is_retried(nursery, spy):
     await conn.send(get("/2"))
     assert await conn.response() == b"HTTP/1.1 200 \r\ncontent-length: 5\r\n\r\nfresh"
     assert [(r.target, r.conn) for r in backend.requests] == [(b"/1", 1), (b"/2", 1), (b"/2", 2)]
+    with trio.fail_after(5):  # the exchange ends just after the answer went out
+        await poll(lambda: len(spy) == 2)
     assert spy == [(b"/1", "served"), (b"/2", "served")]
 
 

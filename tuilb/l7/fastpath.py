@@ -297,8 +297,8 @@ async def _relay(
             data = data[:left]
         left -= len(data)
         req.bytes += len(data)
-        await send_client(stream, data)
         await checkpoint()  # a body in full flow must not starve other connections
+        await send_client(stream, data)
     return clean
 
 
