@@ -25,7 +25,6 @@ import trio
 from trio.lowlevel import checkpoint
 
 from tuilb.l7 import client, fast, rules
-from tuilb.l7 import route as routing
 from tuilb.l7.client import MAX_RESPONSE_HEAD
 from tuilb.l7.shared import (
     IDEMPOTENT,
@@ -50,8 +49,6 @@ class _Declined:
 
 
 DECLINED = _Declined()
-_NO_HEADERS: dict[bytes, list[bytes]] = {}
-parse = fast.parse_request
 
 
 class _Plan:
@@ -71,20 +68,9 @@ def _plan(proxy: HttpProxy, head: fast.RequestHead, client_ip: str) -> _Plan | N
     if rules.check_request(head.method, head.target, headers, proxy.limits, http_version=b"1.1"):
         return None
     host_header = next(value for name, value in headers if name == b"host")  # exactly one
-    target = head.target
-    routes = proxy.routes
-    pool_name, index = routing.pick_route(
-        routes,
-        proxy.listener.pool,
-        head.method.decode("ascii"),
-        routing.normalize_host(host_header),
-        target.split(b"?", 1)[0].decode("latin-1"),
-        routing.header_map(headers) if routes else _NO_HEADERS,
-    )
+    pool_name, index, max_body = proxy.route(head.method, head.target, host_header, headers)
     if pool_name is None:
         return None  # 404 (with the body read past): the h11 path's job
-    route = routes[index] if index is not None else None
-    max_body = (route.max_body if route is not None else None) or proxy.limits.max_body
     if max_body and head.length is not None and head.length > max_body:
         return None  # 413
     forward = rules.forward_request_headers(
@@ -97,7 +83,7 @@ def _plan(proxy: HttpProxy, head: fast.RequestHead, client_ip: str) -> _Plan | N
         body=None if head.length is None else "length",
         length=head.length,
     )
-    out = fast.request_head(head.method, target, forward)
+    out = fast.request_head(head.method, head.target, forward)
     return _Plan(proxy.model.pools[pool_name], index, out)
 
 

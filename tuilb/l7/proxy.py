@@ -29,7 +29,7 @@ from tuilb import proxyproto
 from tuilb.balance import Balancer
 from tuilb.config import Config, ListenerConfig
 from tuilb.httpconf import RouteConfig
-from tuilb.l7 import fastpath, rules
+from tuilb.l7 import fast, fastpath, rules
 from tuilb.l7 import route as routing
 from tuilb.l7.client import MAX_RESPONSE_HEAD
 from tuilb.l7.shared import IDEMPOTENT, ClientGone, Fail, Req, Retry, receive_until, send_client
@@ -41,6 +41,7 @@ from tuilb.log import Log
 from tuilb.model import AdminState, Backend, Model, Pool
 from tuilb.proxy.l4 import LocalError, Origin, client_origin, connect_socket, describe
 
+_NO_HEADERS: dict[bytes, list[bytes]] = {}  # route() without routes looks at no header
 DISCARD_LIMIT = 65536  # an unwanted request body read past to keep the connection
 CONNECT_TRIES = 3  # the first attempt and two retries on other backends
 # The client connection's (source, destination), for PROXY headers toward backends; set by
@@ -149,7 +150,7 @@ class HttpProxy:
                     pending = await self._next_bytes(stream, first)
                 if not pending:
                     return  # end of stream, keep-alive timeout or shutdown
-            head = fastpath.parse(pending) if self.fast else None
+            head = fast.parse_request(pending) if self.fast else None
             if head is not None:
                 outcome = await fastpath.exchange(self, stream, head, pending, client_ip, watch)
                 if outcome is None:
@@ -285,20 +286,11 @@ class HttpProxy:
             await self._send_error(stream, server, problem.status, problem.reason, req, close=True)
             return False
         authority, target = rules.split_target(request.target)
-        header_map = routing.header_map(headers)
-        host_header = authority or next(iter(header_map.get(b"host", ())), None)
-        host = routing.normalize_host(host_header)
-        path = target.split(b"?", 1)[0].decode("latin-1")
-        method = request.method.decode("ascii")
-        pool_name, index = routing.pick_route(
-            self.routes, self.listener.pool, method, host, path, header_map
-        )
+        host_header = authority or next((v for n, v in headers if n == b"host"), None)
+        pool_name, index, max_body = self.route(request.method, target, host_header, headers)
         self.model.route_hit(self.listener.name, index)
         if pool_name is None:
             return await self._refuse(stream, server, 404, "no route for this request", req)
-        route = self.routes[index] if index is not None else None
-        max_body = route.max_body if route is not None and route.max_body is not None else 0
-        max_body = max_body or self.limits.max_body
         body, length = rules.request_framing(headers)
         if max_body and length is not None and length > max_body:
             await self._send_error(
@@ -337,6 +329,24 @@ class HttpProxy:
         except Fail as fail:
             await self._send_error(stream, server, fail.status, fail.detail, req, close=True)
             return False
+
+    def route(
+        self, method: bytes, target: bytes, host: bytes | None, headers: rules.Headers
+    ) -> tuple[str | None, int | None, int]:
+        """(pool, route index, body limit) for a checked request (origin-form `target`, the
+        Host or absolute-form authority); pool None: no route and no default (404)."""
+        routes = self.routes
+        pool_name, index = routing.pick_route(
+            routes,
+            self.listener.pool,
+            method.decode("ascii"),
+            routing.normalize_host(host),
+            target.split(b"?", 1)[0].decode("latin-1"),
+            routing.header_map(headers) if routes else _NO_HEADERS,
+        )
+        route = routes[index] if index is not None else None
+        max_body = (route.max_body if route is not None else None) or self.limits.max_body
+        return pool_name, index, max_body
 
     def _trusted(self, client_ip: str) -> bool:
         if not self.trusted or not client_ip:

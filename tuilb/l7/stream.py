@@ -50,15 +50,12 @@ class SocketStream:
         except BlockingIOError:
             return None
 
-    async def receive_until(self, deadline: float, wait_first: bool = False) -> bytes | None:
+    async def receive_until(self, deadline: float) -> bytes | None:
         """`receive()` by `deadline` (trio time), None when it passed; no timer at all when
-        bytes are already waiting (the common case in a body). `wait_first` skips that
-        first try where it would nearly always fail (an answer to what was just sent)."""
-        if not wait_first:
-            try:
-                return self.sock.recv(CHUNK)
-            except BlockingIOError:
-                pass
+        bytes are already waiting (the common case on a busy connection)."""
+        data = self.receive_nowait()
+        if data is not None:
+            return data
         with trio.move_on_at(deadline):
             while True:
                 await wait_readable(self.fd)

@@ -74,12 +74,11 @@ class Timers:
         """`stream.receive()` by `deadline`; None when it passed. Bytes already waiting are
         taken without arming anything, unless `wait_first` says they cannot be there yet
         (the answer to what was just sent). Raises OSError on a reset."""
-        recv = stream.sock.recv
         if not wait_first:
-            try:
-                return recv(CHUNK)
-            except BlockingIOError:
-                pass
+            data = stream.receive_nowait()
+            if data is not None:
+                return data
+        recv = stream.sock.recv
         while True:
             if not await self.wait_readable(watch, stream.fd, deadline):
                 return None
